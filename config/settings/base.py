@@ -1,0 +1,254 @@
+"""Settings shared by every environment. Everything that differs comes from the environment."""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+env = environ.Env()
+
+# --- Core -------------------------------------------------------------------
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="")  # local/test give a default; production refuses
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_results",
+    "orders",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "orders.middleware.BodySizeLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+# The embedded default is a SQLite file. At Django's defaults SQLite loses chords
+# under two worker processes ("database is locked", measured); WAL lets readers run
+# beside the writer, IMMEDIATE takes the write lock at BEGIN so two writers queue
+# instead of deadlocking on a lock upgrade, and the busy timeout makes them wait.
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis, cache ---------------------------------------------------------------
+REDIS_URL = env("REDIS_URL", default="redis://localhost:6379/0")
+# Locks live in Redis too, beside the broker: see orders/locks.py.
+LOCK_REDIS_URL = env("LOCK_REDIS_URL", default=REDIS_URL)
+CACHES = {
+    # Throttle counters must be shared by every web process, so not LocMem.
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL},
+}
+
+# --- Auth, i18n, static -----------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- REST framework ---------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: anything else is a 415, not a guess.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "orders.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {
+        "order_create": env("THROTTLE_ORDER_CREATE_RATE", default="120/min"),
+        "order_create_anon": env("THROTTLE_ORDER_CREATE_ANON_RATE", default="20/min"),
+        "auth_token": env("THROTTLE_AUTH_TOKEN_RATE", default="20/min"),
+    },
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Order pipeline API",
+    "DESCRIPTION": (
+        "Shops place orders; each order runs through stock reservation, payment, shipment "
+        "and a confirmation email in the background. Creating an order does not promise "
+        "stock: an order whose stock cannot be reserved ends `failed`, with the reason in "
+        "its timeline (`events`)."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+# Largest request body the API accepts (413 above it). 100 lines of an order fit in ~20 KB.
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=256 * 1024)
+
+# --- Email ---------------------------------------------------------------------------
+EMAIL_HOST = env("EMAIL_HOST", default="")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="orders@example.com")
+
+# --- Providers -------------------------------------------------------------------------
+# Each kind of provider has one adapter interface (integrations/); these pick the class.
+PAYMENT_GATEWAY = env("PAYMENT_GATEWAY", default="integrations.payments.SandboxPaymentGateway")
+SHIPPING_CARRIER = env("SHIPPING_CARRIER", default="integrations.shipping.SandboxCarrier")
+SANDBOX_ENABLED = False  # the /sandbox/ providers; local and test switch them on
+SANDBOX_URL = env("SANDBOX_URL", default="http://127.0.0.1:8000/sandbox/")
+SANDBOX_FAILURE_RATE = env.float("SANDBOX_FAILURE_RATE", default=0.0)
+SANDBOX_LATENCY_MS = env.int("SANDBOX_LATENCY_MS", default=0)
+
+# --- Timing: these numbers must stay in this order (orders/checks.py enforces it) ----------
+#   PROVIDER_TIMEOUT_SECONDS < CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT
+#       a provider call must end (and be retried) before the task is interrupted;
+#   CELERY_TASK_TIME_LIMIT < TASK_LOCK_TIMEOUT
+#       a step's lock outlives its longest possible run, so a redelivered copy cannot
+#       start while the first still runs;
+#   TASK_LOCK_TIMEOUT, TASK_RETRY_BACKOFF_MAX < CELERY visibility_timeout
+#       Redis redelivers an unacknowledged message after visibility_timeout; anything
+#       that can keep a message unacknowledged longer (a run, a retry countdown, a
+#       lock-wait countdown) would make Redis hand out a second copy while the first
+#       still runs (celery/celery#5935, #2481, #3270);
+#   TASK_RETRY_BACKOFF_MAX + CELERY_TASK_TIME_LIMIT < ORDER_STALL_SECONDS
+#       an order that is merely waiting out a backoff is not taken for stalled.
+PROVIDER_CONNECT_TIMEOUT_SECONDS = env.float("PROVIDER_CONNECT_TIMEOUT_SECONDS", default=3.0)
+PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=60)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=90)
+TASK_LOCK_TIMEOUT = env.int("TASK_LOCK_TIMEOUT", default=120)
+TASK_RETRY_BACKOFF_MAX = env.int("TASK_RETRY_BACKOFF_MAX", default=60)
+TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=8)
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
+# Recovery (orders/recovery.py): an order with no timeline entry for ORDER_STALL_SECONDS is
+# resumed from the step it reached; one older than ORDER_DEADLINE_SECONDS that has not
+# shipped is failed and compensated. The sweep runs every ORDER_SWEEP_INTERVAL_SECONDS.
+ORDER_STALL_SECONDS = env.int("ORDER_STALL_SECONDS", default=300)
+ORDER_SWEEP_INTERVAL_SECONDS = env.float("ORDER_SWEEP_INTERVAL_SECONDS", default=60.0)
+ORDER_DEADLINE_SECONDS = env.int("ORDER_DEADLINE_SECONDS", default=3600)
+# The API's Idempotency-Key responses are replayed for this long.
+IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
+
+# --- Celery ------------------------------------------------------------------------------
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Running tasks finish when the broker connection drops (e.g. Redis restarts); their
+# messages may be gone, which the recovery sweep covers.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+# Results are written only where the canvas reads them (the chord header, see
+# orders/tasks.py) and for failures, which staff look up in the admin. Each stored
+# result is a database write on the hot path.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
+# At-least-once delivery: a message is acknowledged after its task ran, and a task whose
+# worker process died is put back. One message prefetched per process, so a killed
+# worker strands as few messages as possible.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery closes the database connection around every task unless told to reuse it;
+# reconnecting costs about half the throughput on PostgreSQL (measured, see README).
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=200)
+# Task events feed Flower.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stalled-orders": {
+        "task": "orders.sweep_stalled_orders",
+        "schedule": ORDER_SWEEP_INTERVAL_SECONDS,
+        # A sweep that waited longer than one interval is superseded by the next one.
+        "options": {"expires": ORDER_SWEEP_INTERVAL_SECONDS},
+    },
+    "purge-idempotency-keys": {
+        "task": "orders.purge_idempotency_keys",
+        "schedule": 3600.0,
+    },
+}
+
+# --- Logging, Sentry ------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+SENTRY_DSN = env("SENTRY_DSN", default="")
+if SENTRY_DSN:
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        environment=env("SENTRY_ENVIRONMENT", default="production"),
+        integrations=[DjangoIntegration(), CeleryIntegration(monitor_beat_tasks=True)],
+        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+        send_default_pii=False,
+    )

@@ -1,0 +1,16 @@
+"""Local development: `make run`."""
+
+from .base import *  # noqa: F401,F403
+from .base import INSTALLED_APPS, REST_FRAMEWORK, env
+
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="local-only-insecure-key-do-not-use-in-production")
+SANDBOX_ENABLED = True
+INSTALLED_APPS = [*INSTALLED_APPS, "integrations.sandbox"]
+REST_FRAMEWORK = {
+    **REST_FRAMEWORK,
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+}
