@@ -1,0 +1,38 @@
+"""Shipping carrier adapters."""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from . import http
+
+
+@dataclass(frozen=True)
+class ShipmentResult:
+    carrier: str
+    tracking_number: str
+    reference: str
+
+
+class Carrier(Protocol):
+    def create_shipment(self, *, order_id: str, address: dict, idempotency_key: str) -> ShipmentResult:
+        """Raise PermanentError when the carrier rejects the shipment."""
+
+
+class SandboxCarrier:
+    def create_shipment(self, *, order_id: str, address: dict, idempotency_key: str) -> ShipmentResult:
+        _, body = http.call(
+            "POST",
+            http.sandbox_url("shipping/shipments/"),
+            json={"order": order_id, **address},
+            idempotency_key=idempotency_key,
+        )
+        return ShipmentResult(
+            carrier=body["carrier"], tracking_number=body["tracking_number"], reference=body["id"]
+        )
+
+
+def get_carrier() -> Carrier:
+    return import_string(settings.SHIPPING_CARRIER)()
