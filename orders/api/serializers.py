@@ -1,0 +1,142 @@
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from ..models import Order, OrderEvent, OrderLine, Payment, Product, Shipment
+
+MAX_LINES = 100
+MAX_QUANTITY = 1000
+PAYMENT_TOKEN_PATTERN = r"^tok_[a-z0-9_]{1,64}$"
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer in JSON, not "2", 2.0 or true."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string, not a number that happens to convert."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+# --- Input -----------------------------------------------------------------------------------------
+class LineInputSerializer(serializers.Serializer):
+    sku = StrictCharField(max_length=64)
+    quantity = StrictIntegerField(min_value=1, max_value=MAX_QUANTITY)
+
+
+class AddressInputSerializer(serializers.Serializer):
+    name = StrictCharField(max_length=200)
+    line1 = StrictCharField(max_length=200)
+    city = StrictCharField(max_length=100)
+    postal_code = StrictCharField(max_length=20)
+    country = serializers.RegexField(
+        r"^[A-Z]{2}$", error_messages={"invalid": "Use a two-letter ISO 3166 country code, e.g. DE."}
+    )
+
+
+class OrderCreateInputSerializer(serializers.Serializer):
+    lines = LineInputSerializer(many=True, allow_empty=False, max_length=MAX_LINES)
+    shipping_address = AddressInputSerializer()
+    payment_token = serializers.RegexField(
+        PAYMENT_TOKEN_PATTERN,
+        error_messages={"invalid": "Unknown payment token format: expected tok_ followed by "
+                                   "lowercase letters, digits or underscores."},
+    )
+
+    def validate_lines(self, lines: list[dict]) -> list[dict]:
+        """Resolve SKUs to active products. The same SKU twice is refused, not merged: the
+        client should say what it means."""
+        skus = [line["sku"] for line in lines]
+        products = {p.sku: p for p in Product.objects.filter(sku__in=skus, is_active=True)}
+        errors, seen, resolved = [], set(), []
+        for line in lines:
+            sku = line["sku"]
+            if sku not in products:
+                errors.append({"sku": [f"Unknown or inactive SKU: {sku}."]})
+            elif sku in seen:
+                errors.append({"sku": [f"{sku} appears more than once; send one line per SKU."]})
+            else:
+                errors.append({})
+                resolved.append({"product": products[sku], "quantity": line["quantity"]})
+            seen.add(sku)
+        if any(errors):
+            raise serializers.ValidationError(errors)
+        return resolved
+
+
+class TokenInputSerializer(serializers.Serializer):
+    username = StrictCharField(max_length=150)
+    password = StrictCharField(max_length=128, trim_whitespace=False)
+
+
+# --- Output ----------------------------------------------------------------------------------------
+class ProductOutputSerializer(serializers.ModelSerializer):
+    stock_available = serializers.IntegerField(source="stock")
+
+    class Meta:
+        model = Product
+        fields = ["sku", "name", "price", "currency", "stock_available"]
+
+
+class LineOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OrderLine
+        fields = ["sku", "quantity", "unit_price", "reservation"]
+
+
+class PaymentOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Payment
+        fields = ["status", "amount", "currency"]
+
+
+class ShipmentOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Shipment
+        fields = ["carrier", "tracking_number"]
+
+
+class EventOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OrderEvent
+        fields = ["step", "outcome", "attempt", "at", "detail"]
+
+
+class AddressOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    line1 = serializers.CharField()
+    city = serializers.CharField()
+    postal_code = serializers.CharField()
+    country = serializers.CharField()
+
+
+class OrderOutputSerializer(serializers.ModelSerializer):
+    lines = LineOutputSerializer(many=True)
+    payment = serializers.SerializerMethodField()
+    shipment = serializers.SerializerMethodField()
+    events = EventOutputSerializer(many=True, help_text="The timeline: every step attempt, oldest first.")
+    shipping_address = AddressOutputSerializer()
+
+    class Meta:
+        model = Order
+        fields = ["id", "status", "lines", "total", "currency", "payment", "shipment", "shipping_address",
+                  "failure_reason", "events", "created_at", "updated_at"]
+
+    @extend_schema_field(PaymentOutputSerializer(allow_null=True))
+    def get_payment(self, order: Order) -> dict | None:
+        # A missing one-to-one raises an AttributeError subclass, so getattr's default applies.
+        payment = getattr(order, "payment", None)
+        return PaymentOutputSerializer(payment).data if payment else None
+
+    @extend_schema_field(ShipmentOutputSerializer(allow_null=True))
+    def get_shipment(self, order: Order) -> dict | None:
+        shipment = getattr(order, "shipment", None)
+        return ShipmentOutputSerializer(shipment).data if shipment else None

@@ -1,0 +1,179 @@
+"""API views: validate with an input serializer, call a service, answer with an output serializer."""
+
+from django.contrib.auth import authenticate
+from django.db import transaction
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.authtoken.models import Token
+from rest_framework.generics import GenericAPIView
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import idempotency, selectors
+from ..errors import ApplicationError
+from ..services import order_cancel, order_create
+from .serializers import (
+    OrderCreateInputSerializer,
+    OrderOutputSerializer,
+    ProductOutputSerializer,
+    TokenInputSerializer,
+)
+from .throttles import AuthTokenThrottle, OrderCreateAnonThrottle, OrderCreateUserThrottle
+
+ErrorSerializer = inline_serializer(
+    name="Error",
+    fields={
+        "code": serializers.CharField(),
+        "detail": serializers.CharField(),
+        "fields": serializers.DictField(required=False, help_text="Validation errors, per field."),
+    },
+)
+
+
+def errors(*codes: int) -> dict:
+    descriptions = {
+        400: "Invalid input: `fields` holds the errors per field.",
+        401: "No valid token.",
+        404: "No such order, or not yours.",
+        409: "Conflict with the order's state, or an Idempotency-Key still in flight.",
+        413: "Request body too large.",
+        415: "Not JSON.",
+        422: "Idempotency-Key reused with a different body.",
+        429: "Too many requests: see Retry-After.",
+    }
+    return {code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes}
+
+
+class TokenView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [AuthTokenThrottle]
+
+    @extend_schema(
+        operation_id="auth_token_create",
+        request=TokenInputSerializer,
+        responses={200: inline_serializer("Token", {"token": serializers.CharField()}), **errors(400, 413, 415, 429)},
+        auth=[],
+    )
+    def post(self, request):
+        data = TokenInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = authenticate(request, **data.validated_data)
+        if user is None or not user.is_active:
+            raise ApplicationError("Unable to log in with the given username and password.",
+                                   code="invalid_credentials")
+        token, _ = Token.objects.get_or_create(user=user)
+        return Response({"token": token.key})
+
+
+class LogoutView(APIView):
+    """Revoke the token the request was made with."""
+
+    @extend_schema(operation_id="auth_logout", request=None, responses={204: None, **errors(401)})
+    def post(self, request):
+        Token.objects.filter(user=request.user).delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ProductListView(GenericAPIView):
+    permission_classes = [AllowAny]
+    serializer_class = ProductOutputSerializer
+
+    @extend_schema(operation_id="products_list", responses={200: ProductOutputSerializer(many=True)})
+    def get(self, request):
+        page = self.paginate_queryset(selectors.product_list())
+        return self.get_paginated_response(ProductOutputSerializer(page, many=True).data)
+
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="Up to 255 characters, unique per intended order. Retrying with the same key "
+                "returns the first response and never creates a second order.",
+)
+
+
+class OrderListCreateView(GenericAPIView):
+    serializer_class = OrderOutputSerializer
+    throttle_classes = [OrderCreateUserThrottle, OrderCreateAnonThrottle]
+
+    def check_permissions(self, request):
+        # Throttle before the permission check, so that anonymous attempts count too.
+        self.check_throttles(request)
+        super().check_permissions(request)
+
+    def check_throttles(self, request):
+        if getattr(request, "_throttles_checked", False):  # DRF calls it again after permissions
+            return
+        request._throttles_checked = True
+        super().check_throttles(request)
+
+    @extend_schema(operation_id="orders_list", responses={200: OrderOutputSerializer(many=True), **errors(401)})
+    def get(self, request):
+        page = self.paginate_queryset(selectors.order_list(user=request.user))
+        return self.get_paginated_response(OrderOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="orders_create",
+        description="Place an order. Prices and the total come from the catalogue; the order is "
+                    "processed in the background (follow it with GET on the Location). Creating an "
+                    "order does not promise stock: an order whose stock cannot be reserved ends "
+                    "`failed`, with the reason in its timeline.",
+        parameters=[IDEMPOTENCY_HEADER],
+        request=OrderCreateInputSerializer,
+        responses={201: OrderOutputSerializer, **errors(400, 401, 409, 413, 415, 422, 429)},
+    )
+    def post(self, request):
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            idempotency.validate_key(key)
+        data = OrderCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)  # invalid requests store nothing under the key
+        record = None
+        if key is not None:
+            claimed = idempotency.begin(user=request.user, key=key,
+                                        request_fingerprint=idempotency.fingerprint(request.data))
+            if isinstance(claimed, idempotency.Replay):
+                return Response(claimed.body, status=claimed.status,
+                                headers={**claimed.headers, "Idempotent-Replayed": "true"})
+            record = claimed
+        try:
+            with transaction.atomic():
+                order = order_create(user=request.user, **data.validated_data)
+                order = selectors.order_get(user=request.user, order_id=order.pk)
+                body = OrderOutputSerializer(order).data
+                headers = {"Location": reverse("orders:order-detail", kwargs={"order_id": order.pk})}
+                if record is not None:
+                    idempotency.finish(record=record, status=201, body=body, headers=headers)
+        except BaseException:
+            if record is not None:
+                idempotency.abandon(record=record)
+            raise
+        return Response(body, status=status.HTTP_201_CREATED, headers=headers)
+
+
+class OrderDetailView(APIView):
+    @extend_schema(operation_id="orders_retrieve", responses={200: OrderOutputSerializer, **errors(401, 404)})
+    def get(self, request, order_id):
+        order = selectors.order_get(user=request.user, order_id=order_id)
+        if order is None:
+            raise ApplicationError("Not found.", status_code=404, code="not_found")
+        return Response(OrderOutputSerializer(order).data)
+
+
+class OrderCancelView(APIView):
+    @extend_schema(
+        operation_id="orders_cancel",
+        description="Cancel before shipment creation begins: stock is released and any charge "
+                    "refunded. Afterwards the answer is 409.",
+        request=None,
+        responses={200: OrderOutputSerializer, **errors(401, 404, 409)},
+    )
+    def post(self, request, order_id):
+        order = selectors.order_get(user=request.user, order_id=order_id)
+        if order is None:
+            raise ApplicationError("Not found.", status_code=404, code="not_found")
+        order_cancel(order=order)
+        return Response(OrderOutputSerializer(selectors.order_get(user=request.user, order_id=order_id)).data)

@@ -1,0 +1,82 @@
+"""Unique-task locks: the same step of the same order never runs twice at once.
+
+Celery delivers at least once: a message can be dispatched twice, redelivered after a worker
+died, or redelivered by Redis while its first copy still runs (visibility timeout). Each
+workflow step therefore takes a Redis lock named after the step and the order before it runs.
+redis-py's Lock stores a random token and releases only if the token still matches, so a
+copy whose lock expired cannot release the lock of the copy that took it over.
+"""
+
+import logging
+import random
+from functools import lru_cache
+
+import redis
+from celery import Task
+from django.conf import settings
+from redis.exceptions import LockError
+
+logger = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    # The pool is fork-safe (it resets in a child process) and thread-safe.
+    return redis.Redis.from_url(settings.LOCK_REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+
+
+def step_lock(name: str) -> redis.lock.Lock:
+    # Outlives the hard time limit (checked at start-up, orders/checks.py): a task that is
+    # still running always still holds its lock, and a task killed with its worker leaves a
+    # lock that frees itself after at most TASK_LOCK_TIMEOUT.
+    return redis_client().lock(f"lock:{name}", timeout=settings.TASK_LOCK_TIMEOUT, blocking=False)
+
+
+class UniqueStepTask(Task):
+    """Base class for the workflow's tasks.
+
+    A copy that finds the step's lock held does not run the step. It retries once the lock
+    would have expired, rather than dropping: the holder may be a worker that was killed
+    mid-task, whose redelivered message is this very copy, and dropping it would leave the
+    order waiting for the recovery sweep. The retry is cheap because every step is
+    idempotent: if the holder finished the work, the retry finds nothing to do.
+    """
+
+    abstract = True
+
+    def lock_name(self, args: tuple, kwargs: dict) -> str:
+        return f"{self.name}:{kwargs['order_id']}"
+
+    def on_lock_busy(self, kwargs: dict) -> None:
+        """Hook for the timeline."""
+
+    def __call__(self, *args, **kwargs):
+        if self.request.is_eager:
+            raise RuntimeError("workflow steps must run on a worker, never eagerly")
+        lock = step_lock(self.lock_name(args, kwargs))
+        try:
+            acquired = lock.acquire()
+        except redis.RedisError as exc:
+            # Without the lock the step must not run; Redis is back in seconds, usually.
+            raise self.retry(exc=exc, countdown=random.uniform(1, 3))
+        if not acquired:
+            self.on_lock_busy(kwargs)
+            if self.request.retries >= self.max_retries:
+                logger.warning("%s: lock %s still held after %s tries; dropping this copy "
+                               "(the recovery sweep resumes the order if it stalls)",
+                               self.name, lock.name, self.request.retries)
+                return None
+            remaining_ms = redis_client().pttl(lock.name)
+            countdown = max(1.0, remaining_ms / 1000 if remaining_ms > 0 else 1.0)
+            raise self.retry(countdown=countdown + random.uniform(0, 1))
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                # Expired and possibly taken over: the other copy's lock stays untouched.
+                logger.warning("%s: lock %s had expired before release", self.name, lock.name)
+            except redis.RedisError:
+                # Redis went away (and with it the lock, or it expires by itself).
+                logger.warning("%s: could not release lock %s", self.name, lock.name)

@@ -1,0 +1,231 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Product(models.Model):
+    sku = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    price = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3, default="EUR")
+    # Units available now: a reservation takes from it, a release gives back.
+    stock = models.PositiveIntegerField(default=0)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["sku"]
+        constraints = [models.CheckConstraint(condition=Q(stock__gte=0), name="product_stock_gte_0")]
+
+    def __str__(self) -> str:
+        return f"{self.sku} ({self.name})"
+
+
+class OrderStatus(models.TextChoices):
+    PENDING = "pending"  # accepted; the workflow has not started yet
+    RESERVING = "reserving"  # stock is being reserved, one task per line
+    PAYING = "paying"  # every line is reserved; the payment is being charged
+    SHIPPING = "shipping"  # the payment is captured; the shipment is being created
+    CONFIRMING = "confirming"  # the shipment exists; the confirmation email is going out
+    COMPLETED = "completed"  # terminal: shipped and confirmed
+    FAILED = "failed"  # terminal: a step failed for good; what was done is undone
+    CANCELLED = "cancelled"  # terminal: cancelled by the customer or staff before shipment
+
+
+TERMINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.CANCELLED})
+# The customer may cancel until shipment creation begins.
+CANCELLABLE_STATUSES = frozenset({OrderStatus.PENDING, OrderStatus.RESERVING, OrderStatus.PAYING})
+
+
+class Order(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    email = models.EmailField(blank=True)  # where the customer's emails go, copied from the user
+    status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.PENDING)
+    currency = models.CharField(max_length=3)
+    total = models.DecimalField(max_digits=14, decimal_places=2)
+    payment_token = models.CharField(max_length=100)
+    ship_name = models.CharField(max_length=200)
+    ship_line1 = models.CharField(max_length=200)
+    ship_city = models.CharField(max_length=100)
+    ship_postal_code = models.CharField(max_length=20)
+    ship_country = models.CharField(max_length=2)
+    failure_reason = models.TextField(blank=True)
+    # Set once refunds and the failure/cancellation email are done (failed or cancelled orders).
+    compensated_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The recovery sweep looks for non-terminal orders not updated for a while.
+            models.Index(fields=["status", "updated_at"], name="order_status_updated_idx"),
+            models.Index(fields=["user", "-created_at"], name="order_user_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Order {self.id}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def shipping_address(self) -> dict:
+        return {
+            "name": self.ship_name,
+            "line1": self.ship_line1,
+            "city": self.ship_city,
+            "postal_code": self.ship_postal_code,
+            "country": self.ship_country,
+        }
+
+
+class LineReservation(models.TextChoices):
+    PENDING = "pending"  # not reserved yet
+    RESERVED = "reserved"  # the units are taken from the product's stock
+    OUT_OF_STOCK = "out_of_stock"  # could not be reserved; the order fails
+    RELEASED = "released"  # given back after the order failed or was cancelled
+
+
+class OrderLine(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="lines")
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="order_lines")
+    sku = models.CharField(max_length=64)
+    quantity = models.PositiveIntegerField()
+    unit_price = models.DecimalField(max_digits=12, decimal_places=2)
+    reservation = models.CharField(
+        max_length=16, choices=LineReservation.choices, default=LineReservation.PENDING
+    )
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["order", "product"], name="orderline_unique_product"),
+            models.CheckConstraint(condition=Q(quantity__gte=1), name="orderline_quantity_gte_1"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} x {self.sku}"
+
+
+class PaymentStatus(models.TextChoices):
+    PENDING = "pending"  # a charge was sent or is about to be; its outcome is not known yet
+    CAPTURED = "captured"  # the gateway captured the amount
+    DECLINED = "declined"  # the gateway refused the charge; nothing was taken
+    REFUNDED = "refunded"  # captured, then given back
+    NOT_CHARGED = "not_charged"  # the order ended before any charge was captured
+
+
+class Payment(models.Model):
+    """The order's charge. Created before the gateway is called, so a crash mid-call is
+    visible and compensation knows to ask the gateway what happened."""
+
+    order = models.OneToOneField(Order, on_delete=models.CASCADE, related_name="payment")
+    status = models.CharField(max_length=16, choices=PaymentStatus.choices, default=PaymentStatus.PENDING)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    # Sent with every charge attempt, so a retry after a timeout cannot charge twice.
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    charge_id = models.CharField(max_length=100, blank=True)
+    refund_id = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency} ({self.status})"
+
+
+class Shipment(models.Model):
+    order = models.OneToOneField(Order, on_delete=models.CASCADE, related_name="shipment")
+    carrier = models.CharField(max_length=50)
+    tracking_number = models.CharField(max_length=100)
+    carrier_reference = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.carrier} {self.tracking_number}"
+
+
+class NotificationKind(models.TextChoices):
+    CONFIRMATION = "confirmation"  # the order is completed
+    FAILURE = "failure"  # "we could not complete your order"
+    CANCELLATION = "cancellation"  # the order was cancelled
+
+
+class Notification(models.Model):
+    """One email per order and outcome: the unique constraint makes a rerun a no-op."""
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=16, choices=NotificationKind.choices)
+    to = models.EmailField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["order", "kind"], name="notification_unique_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} to {self.to}"
+
+
+class Step(models.TextChoices):
+    ORDER = "order"  # the order itself: created, cancelled, failed
+    RESERVE_STOCK = "reserve_stock"
+    CHARGE_PAYMENT = "charge_payment"
+    CREATE_SHIPMENT = "create_shipment"
+    SEND_CONFIRMATION_EMAIL = "send_confirmation_email"
+    COMPENSATE = "compensate"  # release stock, refund, tell the customer
+    RECOVERY = "recovery"  # the sweep resumed or expired the order
+
+
+class Outcome(models.TextChoices):
+    CREATED = "created"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"  # a transient error; the step runs again after a backoff
+    FAILED = "failed"  # a permanent error
+    SKIPPED = "skipped"  # nothing to do: done before, or no longer wanted
+    BUSY = "busy"  # another copy of this step holds its lock; this one retries later
+    RESUMED = "resumed"
+    CANCELLED = "cancelled"
+
+
+class OrderEvent(models.Model):
+    """The order's timeline: one row per step attempt and per change of status."""
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="events")
+    step = models.CharField(max_length=32, choices=Step.choices)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    attempt = models.PositiveIntegerField(default=1)
+    detail = models.TextField(blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["order", "at"], name="orderevent_order_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.step} {self.outcome} #{self.attempt}"
+
+
+class IdempotencyKey(models.Model):
+    """A client's Idempotency-Key on POST /api/orders/ and the first response to it."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    request_fingerprint = models.CharField(max_length=64)
+    # Null while the first request is still being worked on.
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_unique_user_key")]
+
+    def __str__(self) -> str:
+        return self.key
