@@ -9,6 +9,7 @@ copy whose lock expired cannot release the lock of the copy that took it over.
 
 import logging
 import random
+import threading
 from functools import lru_cache
 
 import redis
@@ -17,6 +18,10 @@ from django.conf import settings
 from redis.exceptions import LockError
 
 logger = logging.getLogger(__name__)
+
+# The lock held by the task running in this thread (a worker thread or process runs one task
+# at a time). Not on the task's request: Celery copies and serializes the request on retry.
+_held = threading.local()
 
 
 @lru_cache(maxsize=1)
@@ -69,14 +74,28 @@ class UniqueStepTask(Task):
             remaining_ms = redis_client().pttl(lock.name)
             countdown = max(1.0, remaining_ms / 1000 if remaining_ms > 0 else 1.0)
             raise self.retry(countdown=countdown + random.uniform(0, 1))
+        _held.lock = lock
         try:
             return super().__call__(*args, **kwargs)
         finally:
-            try:
-                lock.release()
-            except LockError:
-                # Expired and possibly taken over: the other copy's lock stays untouched.
-                logger.warning("%s: lock %s had expired before release", self.name, lock.name)
-            except redis.RedisError:
-                # Redis went away (and with it the lock, or it expires by itself).
-                logger.warning("%s: could not release lock %s", self.name, lock.name)
+            self._release_step_lock()
+
+    def retry(self, *args, **kwargs):
+        # The attempt is over: free the step before its retry is published, or a retry with a
+        # short countdown would find this attempt's lock still held.
+        self._release_step_lock()
+        return super().retry(*args, **kwargs)
+
+    def _release_step_lock(self) -> None:
+        lock = getattr(_held, "lock", None)
+        if lock is None:
+            return
+        _held.lock = None
+        try:
+            lock.release()
+        except LockError:
+            # Expired and possibly taken over: the other copy's lock stays untouched.
+            logger.warning("%s: lock %s had expired before release", self.name, lock.name)
+        except redis.RedisError:
+            # Redis went away (and with it the lock, or it expires by itself).
+            logger.warning("%s: could not release lock %s", self.name, lock.name)
