@@ -27,6 +27,6 @@ def timing_errors() -> list[str]:
     return [message for ok, message in rules if not ok]
 
 
-@checks.register()
+@checks.register("orders")
 def check_timing(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     return [checks.Error(message, id="orders.E001") for message in timing_errors()]

@@ -37,6 +37,10 @@ def step_lock(name: str) -> redis.lock.Lock:
     return redis_client().lock(f"lock:{name}", timeout=settings.TASK_LOCK_TIMEOUT, blocking=False)
 
 
+class StepBusy(Exception):
+    """Another copy of this step holds its lock."""
+
+
 class UniqueStepTask(Task):
     """Base class for the workflow's tasks.
 
@@ -71,9 +75,11 @@ class UniqueStepTask(Task):
                                "(the recovery sweep resumes the order if it stalls)",
                                self.name, lock.name, self.request.retries)
                 return None
-            remaining_ms = redis_client().pttl(lock.name)
-            countdown = max(1.0, remaining_ms / 1000 if remaining_ms > 0 else 1.0)
-            raise self.retry(countdown=countdown + random.uniform(0, 1))
+            # Back off exponentially, but never past the lock's expiry: a live holder is
+            # usually done in seconds, a dead one's lock frees itself at expiry.
+            remaining = max(redis_client().pttl(lock.name), 0) / 1000
+            countdown = min(2 ** self.request.retries, max(remaining, 1.0))
+            raise self.retry(exc=StepBusy(lock.name), countdown=countdown + random.uniform(0, 0.5))
         _held.lock = lock
         try:
             return super().__call__(*args, **kwargs)

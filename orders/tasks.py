@@ -13,7 +13,7 @@ from integrations.errors import TransientError
 
 from . import recovery, steps
 from .errors import StepNotReady
-from .locks import UniqueStepTask
+from .locks import StepBusy, UniqueStepTask
 from .models import Order, Outcome, Step
 from .services import event_record, order_fail
 
@@ -42,6 +42,8 @@ class OrderStepTask(UniqueStepTask):
         self._event(kwargs["order_id"], Outcome.BUSY, "another copy of this step is running")
 
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
+        if isinstance(exc, StepBusy):  # already in the timeline as `busy`
+            return
         self._event(kwargs["order_id"], Outcome.RETRYING, f"{exc.__class__.__name__}: {exc}")
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:

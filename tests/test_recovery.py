@@ -1,0 +1,110 @@
+"""The recovery sweep: lost messages are found and resumed from the step they reached;
+orders past their deadline are failed and compensated."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from orders import recovery, services, tasks
+from orders.models import LineReservation, Order, OrderEvent, OrderStatus, Product
+from tests.conftest import wait_for_order
+from tests.factories import ProductFactory, UserFactory
+
+
+@pytest.fixture
+def lost_order(pipeline, monkeypatch):
+    """An order committed while its dispatch was lost (the web process died after the commit,
+    or Redis dropped the queue)."""
+    monkeypatch.setattr("orders.workflow.start", lambda **kwargs: None)
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+
+    def make(**fields):
+        order = services.order_create(
+            user=UserFactory(),
+            lines=[{"product": Product.objects.get(sku="MUG-001"), "quantity": 2}],
+            shipping_address={"name": "A", "line1": "B", "city": "C", "postal_code": "10115", "country": "DE"},
+            payment_token="tok_ok",
+        )
+        Order.objects.filter(pk=order.pk).update(**fields)
+        return Order.objects.get(pk=order.pk)
+
+    return make
+
+
+def _age(order, seconds):
+    """Make the order look idle for `seconds`."""
+    past = timezone.now() - timedelta(seconds=seconds)
+    Order.objects.filter(pk=order.pk).update(updated_at=past)
+    OrderEvent.objects.filter(order=order).update(at=past)
+
+
+def test_a_lost_order_is_resumed_and_completes(lost_order, settings):
+    order = lost_order()
+    _age(order, settings.ORDER_STALL_SECONDS + 1)
+
+    result = tasks.sweep_stalled_orders.delay()  # through the worker, as beat sends it
+
+    order = wait_for_order(order.id)
+    assert order.status == "completed"
+    resumes = order.events.filter(step="recovery", outcome="resumed")
+    assert resumes.count() == 1
+    assert "resumed at pending" in resumes.get().detail
+    assert Product.objects.get(sku="MUG-001").stock == 8
+    assert result.id  # sent through the broker
+
+
+def test_resume_starts_from_the_step_the_order_reached(lost_order, settings, ledger):
+    # Stock reserved and status `paying`, then the chord callback's message was lost.
+    order = lost_order(status=OrderStatus.PAYING)
+    order.lines.update(reservation=LineReservation.RESERVED)
+    Product.objects.filter(sku="MUG-001").update(stock=8)
+    _age(order, settings.ORDER_STALL_SECONDS + 1)
+
+    assert recovery.sweep() == {"resumed": 1, "expired": 0}
+
+    order = wait_for_order(order.id)
+    assert order.status == "completed"
+    assert not order.events.filter(step="reserve_stock").exists()  # not reserved a second time
+    assert Product.objects.get(sku="MUG-001").stock == 8
+    assert len(ledger(order.id)) == 1
+
+
+def test_an_order_that_is_moving_is_left_alone(lost_order, settings):
+    order = lost_order()
+    _age(order, settings.ORDER_STALL_SECONDS - 5)
+
+    assert recovery.sweep() == {"resumed": 0, "expired": 0}
+    assert Order.objects.get(pk=order.pk).status == "pending"
+
+
+def test_an_order_past_its_deadline_fails_and_is_compensated(lost_order, settings):
+    order = lost_order(status=OrderStatus.RESERVING)
+    order.lines.update(reservation=LineReservation.RESERVED)
+    Product.objects.filter(sku="MUG-001").update(stock=8)
+    Order.objects.filter(pk=order.pk).update(
+        created_at=timezone.now() - timedelta(seconds=settings.ORDER_DEADLINE_SECONDS + 1))
+    _age(order, settings.ORDER_STALL_SECONDS + 1)
+
+    assert recovery.sweep() == {"resumed": 0, "expired": 1}
+
+    order = wait_for_order(order.id)
+    assert order.status == "failed"
+    assert "deadline" in order.failure_reason
+    assert Product.objects.get(sku="MUG-001").stock == 10
+    assert order.compensated_at is not None
+
+
+def test_a_failed_order_whose_compensation_was_lost_is_compensated(lost_order, settings, monkeypatch):
+    monkeypatch.setattr("orders.workflow.compensate", lambda **kwargs: None)  # lost again
+    order = lost_order()
+    services.order_fail(order_id=order.id, reason="test")
+    monkeypatch.undo()
+    assert Order.objects.get(pk=order.pk).compensated_at is None
+    _age(order, settings.ORDER_STALL_SECONDS + 1)
+
+    assert recovery.sweep() == {"resumed": 1, "expired": 0}
+
+    order = wait_for_order(order.id)
+    assert order.compensated_at is not None
+    assert order.notifications.get().kind == "failure"
