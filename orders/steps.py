@@ -65,10 +65,11 @@ def reserve_line(*, order_id, line_id: int, attempt: int) -> str:
         if taken:
             event_record(order=order, step=Step.RESERVE_STOCK, outcome=Outcome.SUCCEEDED,
                          attempt=attempt, detail=f"reserved {line.quantity} x {line.sku}")
-            return line.reservation
-    # Out of stock: the order fails now, which releases the lines reserved so far.
-    order_fail(order_id=order_id, step=Step.RESERVE_STOCK, attempt=attempt,
-               reason=f"out of stock: {line.sku} (wanted {line.quantity})")
+        else:
+            # In the same transaction as the line's state, so that no crash can leave an
+            # out-of-stock line in an order that goes on; failing releases the other lines.
+            order_fail(order_id=order_id, step=Step.RESERVE_STOCK, attempt=attempt,
+                       reason=f"out of stock: {line.sku} (wanted {line.quantity})")
     return line.reservation
 
 
@@ -115,23 +116,21 @@ def charge_payment(*, order_id, attempt: int) -> None:
         if not result.captured:
             payment.status = PaymentStatus.DECLINED
             payment.save(update_fields=["status", "updated_at"])
-        else:
-            payment.status, payment.charge_id = PaymentStatus.CAPTURED, result.charge_id
-            payment.save(update_fields=["status", "charge_id", "updated_at"])
-            if order.status == OrderStatus.PAYING:
-                order.status = OrderStatus.SHIPPING
-                order.save(update_fields=["status", "updated_at"])
-                event_record(order=order, step=Step.CHARGE_PAYMENT, outcome=Outcome.SUCCEEDED,
-                             attempt=attempt, detail=f"captured {result.amount} {payment.currency} ({result.charge_id})")
-            else:
-                # Cancelled while the charge was in flight: compensation, which waits for this
-                # step's lock, finds the capture at the gateway and refunds it.
-                event_record(order=order, step=Step.CHARGE_PAYMENT, outcome=Outcome.SUCCEEDED, attempt=attempt,
-                             detail=f"captured {result.charge_id} after the order became {order.status}; "
-                                    "it will be refunded")
+            order_fail(order_id=order_id, step=Step.CHARGE_PAYMENT, attempt=attempt,
+                       reason=f"payment declined ({result.decline_code})")
             return
-    order_fail(order_id=order_id, step=Step.CHARGE_PAYMENT, attempt=attempt,
-               reason=f"payment declined ({result.decline_code})")
+        payment.status, payment.charge_id = PaymentStatus.CAPTURED, result.charge_id
+        payment.save(update_fields=["status", "charge_id", "updated_at"])
+        if order.status == OrderStatus.PAYING:
+            order.status = OrderStatus.SHIPPING
+            order.save(update_fields=["status", "updated_at"])
+            detail = f"captured {result.amount} {payment.currency} ({result.charge_id})"
+        else:
+            # Cancelled while the charge was in flight: compensation, which waits for this
+            # step's lock, finds the capture at the gateway and refunds it.
+            detail = f"captured {result.charge_id} after the order became {order.status}; it will be refunded"
+        event_record(order=order, step=Step.CHARGE_PAYMENT, outcome=Outcome.SUCCEEDED, attempt=attempt,
+                     detail=detail)
 
 
 # --- 3. Create the shipment -----------------------------------------------------------------------
