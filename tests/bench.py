@@ -1,0 +1,123 @@
+"""Throughput of the order pipeline: `make bench` (BENCH_ARGS="--orders 300 --reuse-max 0").
+
+Starts a web server (the sandbox providers) and one Celery worker as processes against
+PostgreSQL and Redis database 2, creates N two-line orders (each dispatches its canvas on
+commit) and prints how many orders per second reach `completed`. Not a test: figures only.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+BENCH_DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench_orders")
+BENCH_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--orders", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=4, help="worker processes")
+    parser.add_argument("--reuse-max", type=int, default=200, help="CELERY_DB_REUSE_MAX (0: reconnect per task)")
+    args = parser.parse_args()
+
+    from tests.services import ensure_services, free_port
+
+    ensure_services()
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "DATABASE_URL": BENCH_DB,
+           "REDIS_URL": BENCH_REDIS, "SANDBOX_URL": f"http://127.0.0.1:{port}/sandbox/",
+           "CELERY_DB_REUSE_MAX": str(args.reuse_max), "LOG_LEVEL": "WARNING"}
+    os.environ.update(env)
+    _create_database(BENCH_DB)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], env=env, check=True)
+
+    import django
+
+    django.setup()
+    import redis
+
+    redis.Redis.from_url(BENCH_REDIS).flushdb()
+    user, products = _seed()
+
+    bin_dir = os.path.dirname(sys.executable)
+    procs = [
+        subprocess.Popen([f"{bin_dir}/gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-k", "gthread",
+                          "--threads", "8", "--log-level", "warning"], env=env),
+        subprocess.Popen([f"{bin_dir}/celery", "-A", "config", "worker", "-c", str(args.concurrency),
+                          "--loglevel", "WARNING", "-n", "bench@%h"], env=env),
+    ]
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/healthz")
+        time.sleep(3)  # the worker's pool
+        _run(user, products, args)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+def _create_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _seed():
+    from django.contrib.auth import get_user_model
+
+    from orders.models import Product
+
+    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"email": "bench@example.com"})
+    products = []
+    for sku in ("BENCH-A", "BENCH-B"):
+        product, _ = Product.objects.update_or_create(
+            sku=sku, defaults={"name": sku, "price": "5.00", "stock": 10**9, "is_active": True})
+        product.refresh_from_db()  # price back as a Decimal
+        products.append(product)
+    return user, products
+
+
+def _wait_http(url: str) -> None:
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} never answered")
+
+
+def _run(user, products, args) -> None:
+    from orders.models import Order
+    from orders.services import order_create
+
+    address = {"name": "Bench", "line1": "1 St", "city": "X", "postal_code": "10115", "country": "DE"}
+    start = time.monotonic()
+    ids = [
+        order_create(user=user, lines=[{"product": p, "quantity": 1} for p in products],
+                     shipping_address=address, payment_token="tok_ok").id
+        for _ in range(args.orders)
+    ]
+    created = time.monotonic()
+    terminal = ("completed", "failed", "cancelled")
+    while Order.objects.filter(pk__in=ids).exclude(status__in=terminal).exists():
+        if time.monotonic() - start > 600:
+            raise SystemExit("gave up after 600 s")
+        time.sleep(0.2)
+    done = time.monotonic()
+    completed = Order.objects.filter(pk__in=ids, status="completed").count()
+    print(f"orders: {args.orders}, completed: {completed}, worker processes: {args.concurrency}, "
+          f"CELERY_DB_REUSE_MAX: {args.reuse_max}")
+    print(f"created in {created - start:.1f}s; all terminal after {done - start:.1f}s: "
+          f"{args.orders / (done - start):.1f} orders/s end to end")
+
+
+if __name__ == "__main__":
+    main()
