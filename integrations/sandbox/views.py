@@ -48,6 +48,26 @@ def _body(request: HttpRequest) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
+def _write_request(request: HttpRequest) -> tuple[str, dict] | JsonResponse:
+    """What every POST starts with: the simulated outage, then an Idempotency-Key and a
+    JSON object. Returns (key, body) or the error to answer with."""
+    if failure := _chaos():
+        return failure
+    key = request.headers.get("Idempotency-Key")
+    if not key:
+        return _error(400, "idempotency_key_required", "send an Idempotency-Key header")
+    body = _body(request)
+    if body is None:
+        return _error(400, "invalid_request", "the body must be a JSON object")
+    return key, body
+
+
+def _list_by_order(request: HttpRequest, queryset, to_json) -> JsonResponse:
+    if order := request.GET.get("order"):
+        queryset = queryset.filter(order=order)
+    return JsonResponse({"results": [to_json(obj) for obj in queryset]})
+
+
 def _charge_json(charge: SandboxCharge) -> dict:
     refund = getattr(charge, "refund", None)
     return {
@@ -82,18 +102,13 @@ def _count_call(key: str) -> int:
 @require_http_methods(["GET", "POST"])
 def charges(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
-        qs = SandboxCharge.objects.select_related("refund").order_by("created_at")
-        if order := request.GET.get("order"):
-            qs = qs.filter(order=order)
-        return JsonResponse({"results": [_charge_json(c) for c in qs]})
-
-    if failure := _chaos():
-        return failure
-    key = request.headers.get("Idempotency-Key")
-    body = _body(request)
-    if not key:
-        return _error(400, "idempotency_key_required", "send an Idempotency-Key header")
-    if body is None or not {"order", "amount", "currency", "token"} <= body.keys():
+        return _list_by_order(request, SandboxCharge.objects.select_related("refund").order_by("created_at"),
+                              _charge_json)
+    parsed = _write_request(request)
+    if isinstance(parsed, JsonResponse):
+        return parsed
+    key, body = parsed
+    if not {"order", "amount", "currency", "token"} <= body.keys():
         return _error(400, "invalid_request", "order, amount, currency and token are required")
     try:
         amount = Decimal(str(body["amount"]))
@@ -133,13 +148,11 @@ def charges(request: HttpRequest) -> JsonResponse:
 @csrf_exempt
 @require_http_methods(["POST"])
 def refunds(request: HttpRequest) -> JsonResponse:
-    if failure := _chaos():
-        return failure
-    key = request.headers.get("Idempotency-Key")
-    body = _body(request)
-    if not key:
-        return _error(400, "idempotency_key_required", "send an Idempotency-Key header")
-    if body is None or "charge" not in body:
+    parsed = _write_request(request)
+    if isinstance(parsed, JsonResponse):
+        return parsed
+    key, body = parsed
+    if "charge" not in body:
         return _error(400, "invalid_request", "charge is required")
     existing = SandboxRefund.objects.filter(idempotency_key=key).first()
     if existing:
@@ -172,18 +185,12 @@ def _shipment_json(shipment: SandboxShipment) -> dict:
 @require_http_methods(["GET", "POST"])
 def shipments(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
-        qs = SandboxShipment.objects.order_by("created_at")
-        if order := request.GET.get("order"):
-            qs = qs.filter(order=order)
-        return JsonResponse({"results": [_shipment_json(s) for s in qs]})
-
-    if failure := _chaos():
-        return failure
-    key = request.headers.get("Idempotency-Key")
-    body = _body(request)
-    if not key:
-        return _error(400, "idempotency_key_required", "send an Idempotency-Key header")
-    if body is None or "order" not in body or not all(body.get(f) for f in ADDRESS_FIELDS):
+        return _list_by_order(request, SandboxShipment.objects.order_by("created_at"), _shipment_json)
+    parsed = _write_request(request)
+    if isinstance(parsed, JsonResponse):
+        return parsed
+    key, body = parsed
+    if "order" not in body or not all(body.get(f) for f in ADDRESS_FIELDS):
         return _error(400, "invalid_request", f"order and {', '.join(ADDRESS_FIELDS)} are required")
     existing = SandboxShipment.objects.filter(idempotency_key=key).first()
     if existing:
