@@ -1,0 +1,484 @@
+"""Real processes for the slow tests: a private Redis, the web server (gunicorn), Celery
+workers and beat, and an SMTP server that runs inside the test process.
+
+Every child runs in its own process group, so that killing the group also kills what it
+forked (a prefork worker's pool children, gunicorn's workers). Every child gets the same
+environment: the pytest-django test database (the processes only see committed data, so
+the tests use `transactional_db`), the private Redis, the web server as the sandbox
+providers, the SMTP server, and the timing overrides of the test. Whatever happens in the
+test, `Stack.stop()` kills every group, reaps it and closes the children's database
+connections, so that the test database can be flushed and dropped.
+
+    def test_something(stack_factory):
+        stack = stack_factory(env={"SANDBOX_LATENCY_MS": "500"}, workers=2, beat=True)
+        stack.web.url, stack.smtp.messages, stack.kill_worker(stack.workers[0]), ...
+"""
+
+from __future__ import annotations
+
+import email
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from email.message import Message
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from tests.services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+HOST = "127.0.0.1"
+
+# Settings read from the environment that the harness decides for its children; whatever the
+# test runner's own environment says about them must not leak into the processes.
+_OWN_PREFIXES = ("DJANGO_", "DATABASE_", "CELERY_", "EMAIL_", "SANDBOX_", "PROVIDER_", "TASK_",
+                 "ORDER_", "THROTTLE_", "IDEMPOTENCY_", "SENTRY_")
+_OWN_NAMES = {"REDIS_URL", "LOCK_REDIS_URL", "TEST_DATABASE_NAME", "PAYMENT_GATEWAY", "SHIPPING_CARRIER",
+              "API_MAX_BODY_BYTES", "DEFAULT_FROM_EMAIL", "LOG_LEVEL"}
+
+
+class ProcessFailed(RuntimeError):
+    """A child process exited or did not become ready in time."""
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy (returned), at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, read from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of a process (a prefork worker's pool processes)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(")") + 2:].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+class Proc:
+    """One child process (and its process group), its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.popen: subprocess.Popen | None = None
+        self.nodename = ""  # a worker's Celery node name
+
+    def start(self) -> Proc:
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait_ready(self, ready: Callable[[], bool], *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if not self.alive:
+                raise ProcessFailed(f"{self.name} exited with code {self.popen.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise ProcessFailed(f"{self.name} not ready after {timeout}s:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group and reap it. Safe to call twice."""
+        if self.popen is None:
+            return
+        pgid = self.popen.pid  # start_new_session: the child leads its own group
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
+            pass
+        # Grandchildren (pool processes) are reaped by init; wait until none is left running.
+        deadline = time.monotonic() + 10
+        while members := _group_members(pgid):
+            if time.monotonic() > deadline:
+                raise ProcessFailed(f"{self.name}: processes {members} survived SIGKILL")
+            time.sleep(0.05)
+
+
+class RedisServer:
+    """A private redis-server with nothing on disk: stopping it loses every queue and lock."""
+
+    def __init__(self, *, log_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_dir = log_dir
+        self.proc: Proc | None = None
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def _ping(self) -> bool:
+        try:
+            return bool(redis.Redis(host=HOST, port=self.port, socket_timeout=1,
+                                    socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--dir", str(self.log_dir)]
+        self.proc = Proc("redis", argv, env=dict(os.environ), log_dir=self.log_dir).start()
+        self.proc.wait_ready(self._ping, timeout=15)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+
+    def restart(self, *, down_for: float = 1.0) -> None:
+        """Kill it (everything in it is lost) and start a new one on the same port."""
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+        self.restarts += 1
+
+
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) in this process that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        import logging
+
+        from aiosmtpd.controller import Controller
+
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # a line per SMTP command otherwise
+        self.port = free_port()
+        self._messages: list[Message] = []
+        self._lock = threading.Lock()
+        self.controller = Controller(self, hostname=HOST, port=self.port)
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd's handler hook
+        message = email.message_from_bytes(envelope.original_content or envelope.content)
+        with self._lock:
+            self._messages.append(message)
+        return "250 Message accepted for delivery"
+
+    @property
+    def messages(self) -> list[Message]:
+        with self._lock:
+            return list(self._messages)
+
+    def subjects(self) -> list[str]:
+        return [str(m["Subject"]) for m in self.messages]
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        try:
+            self.controller.stop()
+        except AssertionError:  # never started
+            pass
+
+
+class Stack:
+    """Redis, SMTP, the web server, workers and beat for one test. Use `stop()` (or the
+    `stack_factory` fixture, which always does) to tear everything down."""
+
+    def __init__(self, *, db_name: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.db_name = db_name
+        self.log_dir = log_dir
+        self.overrides = {k: str(v) for k, v in (env or {}).items()}
+        # Names the children's database connections, so that teardown closes exactly those.
+        self.app_name = f"procs-{uuid.uuid4().hex[:8]}"
+        self.redis = RedisServer(log_dir=log_dir)
+        self.smtp = SmtpServer()
+        self.web_port = free_port()
+        self.web: Proc | None = None
+        self.beat: Proc | None = None
+        self.workers: list[Proc] = []
+        self.killed_workers: list[Proc] = []
+        self._worker_seq = 0
+        self._client = None
+
+    # --- environment ---------------------------------------------------------------------
+    @property
+    def web_url(self) -> str:
+        return f"http://{HOST}:{self.web_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in _OWN_NAMES and not k.startswith(_OWN_PREFIXES)}
+        env.update({
+            "DJANGO_SETTINGS_MODULE": "config.settings.test",
+            "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{self.db_name}?application_name={self.app_name}",
+            "REDIS_URL": self.redis.url,
+            "SANDBOX_URL": f"{self.web_url}/sandbox/",
+            "EMAIL_HOST": HOST,
+            "EMAIL_PORT": str(self.smtp.port),
+            "PYTHONUNBUFFERED": "1",
+            # Many orders from few users: the API's throttle is not what these tests are about.
+            "THROTTLE_ORDER_CREATE_RATE": "100000/min",
+            "THROTTLE_AUTH_TOKEN_RATE": "1000/min",
+        })
+        env.update(self.overrides)
+        return env
+
+    # --- processes -----------------------------------------------------------------------
+    @property
+    def access_log(self) -> Path:
+        return self.log_dir / "web-access.log"
+
+    def _web_proc(self, *, workers: int, threads: int) -> Proc:
+        # gthread: a slow sandbox answer (tok_timeout_after_success sleeps) holds one thread,
+        # not a whole worker.
+        argv = [str(BIN / "gunicorn"), "config.wsgi:application", "--bind", f"{HOST}:{self.web_port}",
+                "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
+                "--timeout", "60", "--graceful-timeout", "5", "--log-level", "warning",
+                "--access-logfile", str(self.access_log)]
+        return Proc("web", argv, env=self.env(), log_dir=self.log_dir)
+
+    def requests_to(self, method: str, path: str) -> int:
+        """How many requests the web server has answered for `method path` (its access log):
+        e.g. how often the workers called the sandbox gateway."""
+        try:
+            log = self.access_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return 0
+        return log.count(f'"{method} {path} HTTP/') + log.count(f'"{method} {path}?')
+
+    def _web_ready(self) -> bool:
+        try:
+            return requests.get(f"{self.web_url}/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def _worker_proc(self, *, concurrency: int) -> Proc:
+        self._worker_seq += 1
+        name = f"w{self._worker_seq}"
+        argv = [str(BIN / "celery"), "-A", "config", "worker", "--pool", "prefork", "-c", str(concurrency),
+                "-n", f"{name}@%h", "--loglevel", "INFO"]
+        proc = Proc(name, argv, env=self.env(), log_dir=self.log_dir)
+        proc.nodename = f"{name}@{socket.gethostname()}"
+        return proc
+
+    @staticmethod
+    def _worker_ready(proc: Proc) -> Callable[[], bool]:
+        return lambda: f"{proc.nodename} ready." in proc.log()
+
+    def start(self, *, workers: int = 1, concurrency: int = 2, beat: bool = False, web_workers: int = 2,
+              web_threads: int = 8, timeout: float = 60) -> Stack:
+        """Start Redis and SMTP, then the web server, workers and beat side by side, and wait
+        until each is ready."""
+        self.redis.start()
+        self.smtp.start()
+        self.web = self._web_proc(workers=web_workers, threads=web_threads).start()
+        started = [self._worker_proc(concurrency=concurrency).start() for _ in range(workers)]
+        self.workers.extend(started)
+        if beat:
+            self.beat = Proc("beat", [str(BIN / "celery"), "-A", "config", "beat", "--loglevel", "INFO",
+                                      "--schedule", str(self.log_dir / "beat-schedule")],
+                             env=self.env(), log_dir=self.log_dir).start()
+        self.web.wait_ready(self._web_ready, timeout=timeout)
+        for proc in started:
+            proc.wait_ready(self._worker_ready(proc), timeout=timeout)
+        if self.beat is not None:
+            self.beat.wait_ready(lambda: "beat: Starting..." in self.beat.log(), timeout=timeout)
+        return self
+
+    def start_worker(self, *, concurrency: int = 2, wait: bool = True, timeout: float = 60) -> Proc:
+        proc = self._worker_proc(concurrency=concurrency).start()
+        self.workers.append(proc)
+        if wait:
+            proc.wait_ready(self._worker_ready(proc), timeout=timeout)
+        return proc
+
+    def kill_worker(self, proc: Proc) -> None:
+        """SIGKILL a worker and its pool children, as a crashed machine would."""
+        proc.kill()
+        self.workers.remove(proc)
+        self.killed_workers.append(proc)
+
+    def pool_pids(self, proc: Proc) -> list[int]:
+        return children_of(proc.pid)
+
+    # --- talking to the processes ----------------------------------------------------------
+    @property
+    def celery(self):
+        """A Celery client on the private Redis, to send tasks by name and inspect workers."""
+        if self._client is None:
+            from celery import Celery
+
+            self._client = Celery(f"client-{self.app_name}", broker=self.redis.url, set_as_current=False)
+            self._client.conf.update(broker_connection_retry_on_startup=True, task_ignore_result=True)
+        return self._client
+
+    def active_tasks(self, proc: Proc, *, timeout: float = 1.0) -> list[dict]:
+        """The tasks a worker runs now, each with the pid of the pool process running it."""
+        replies = self.celery.control.inspect(destination=[proc.nodename], timeout=timeout).active() or {}
+        return replies.get(proc.nodename, [])
+
+    def logs(self) -> str:
+        procs = [p for p in (self.redis.proc, self.web, self.beat) if p] + self.workers + self.killed_workers
+        return "\n".join(f"===== {p.name} ({p.log_path})\n{p.tail(15)}" for p in procs)
+
+    # --- teardown --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Kill every process group (workers first, Redis last), stop SMTP, and close the
+        database connections the children left behind. Never raises before all is done."""
+        errors = []
+        for proc in [*self.workers, self.beat, self.web]:
+            if proc is not None:
+                try:
+                    proc.kill()
+                except Exception as exc:  # keep going: everything else must still stop
+                    errors.append(exc)
+        if self._client is not None:
+            self._client.close()
+        self.redis.stop()
+        self.smtp.stop()
+        _close_connections(self.app_name)
+        if errors:
+            raise errors[0]
+
+
+def _close_connections(application_name: str) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for _ in range(50):
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE application_name = %s AND pid <> pg_backend_pid()", [application_name])
+            if not cursor.fetchall():
+                return
+            time.sleep(0.1)
+
+
+def timing_errors_under(env: dict[str, str]) -> list[str]:
+    """orders/checks.py's verdict on the timing the children get from `env`."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    from orders.checks import timing_errors
+
+    names = {"PROVIDER_TIMEOUT_SECONDS": float, "CELERY_TASK_SOFT_TIME_LIMIT": int,
+             "CELERY_TASK_TIME_LIMIT": int, "TASK_LOCK_TIMEOUT": int, "TASK_RETRY_BACKOFF_MAX": int,
+             "ORDER_STALL_SECONDS": int, "ORDER_DEADLINE_SECONDS": int}
+    overrides = {name: cast(env[name]) for name, cast in names.items() if name in env}
+    if "CELERY_VISIBILITY_TIMEOUT" in env:
+        overrides["CELERY_BROKER_TRANSPORT_OPTIONS"] = {
+            **settings.CELERY_BROKER_TRANSPORT_OPTIONS, "visibility_timeout": int(env["CELERY_VISIBILITY_TIMEOUT"])}
+    with override_settings(**overrides):
+        return timing_errors()
+
+
+@pytest.fixture
+def stack_factory(transactional_db, tmp_path):
+    """Build and start a Stack; every stack it made is stopped at teardown, pass or fail.
+    Depends on transactional_db, so the stack stops before the tables are flushed."""
+    from django.conf import settings
+
+    stacks: list[Stack] = []
+
+    def make(*, env: dict | None = None, **start) -> Stack:
+        log_dir = tmp_path / f"stack{len(stacks)}"
+        log_dir.mkdir()
+        stack = Stack(db_name=settings.DATABASES["default"]["NAME"], log_dir=log_dir, env=env)
+        stacks.append(stack)
+        stack.start(**start)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+def api_session(token: str) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {token}"
+    return session
+
+
+def ledger(stack: Stack, order_id=None) -> list[dict]:
+    """The sandbox gateway's charges (of one order, or all), read over HTTP."""
+    params = {"order": str(order_id)} if order_id else {}
+    response = requests.get(f"{stack.web_url}/sandbox/payments/charges/", params=params, timeout=30)
+    response.raise_for_status()
+    return response.json()["results"]
+
+
+def wait_for_orders(order_ids: Iterable, *, timeout: float, interval: float = 0.5) -> list:
+    """Wait until every order is terminal and, if failed or cancelled, compensated. Returns
+    the orders; raises with the stragglers' timelines on timeout."""
+    from orders.models import TERMINAL_STATUSES, Order
+
+    ids = [str(i) for i in order_ids]
+    deadline = time.monotonic() + timeout
+    while True:
+        orders = list(Order.objects.filter(pk__in=ids))
+        waiting = [o for o in orders if o.status not in TERMINAL_STATUSES
+                   or (o.status != "completed" and o.compensated_at is None)]
+        if not waiting and len(orders) == len(ids):
+            return orders
+        if time.monotonic() > deadline:
+            lines = [f"{len(waiting)} of {len(ids)} orders not done after {timeout}s"]
+            for order in waiting[:5]:
+                events = list(order.events.values_list("step", "outcome", "detail"))
+                lines.append(f"  {order.id} {order.status} compensated_at={order.compensated_at}: {events}")
+            raise AssertionError("\n".join(lines))
+        time.sleep(interval)

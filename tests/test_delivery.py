@@ -1,0 +1,128 @@
+"""At-least-once delivery through real processes: a pool process killed mid-task, two worker
+processes racing for the same step, and a gateway answer lost to a timeout. Each time the
+gateway must charge once and the order must complete once."""
+
+import os
+import signal
+import time
+
+import pytest
+from celery import chain
+
+from orders.models import LineReservation, Order, OrderStatus, Payment, Product
+from orders.services import order_create
+from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
+from tests.procs import api_session, ledger, stack_factory, timing_errors_under, wait_for, wait_for_orders  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+CHARGES = "/sandbox/payments/charges/"
+
+
+def timeline(order) -> list[tuple[str, str]]:
+    return list(order.events.order_by("at", "id").values_list("step", "outcome"))
+
+
+def place(stack, payload) -> str:
+    api = api_session(TokenFactory(user=UserFactory()).key)
+    response = api.post(f"{stack.web_url}/api/orders/", json=payload, timeout=15)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def assert_charged_once(stack, order) -> None:
+    charges = ledger(stack, order.id)
+    assert [(c["status"], c["refunded"]) for c in charges] == [("captured", False)], charges
+    assert order.payment.status == "captured"
+    assert timeline(order).count(("charge_payment", "succeeded")) == 1
+    assert timeline(order).count(("order", "succeeded")) == 1
+    assert stack.smtp.subjects() == [f"Your order {order.id} is confirmed"]
+
+
+# The sandbox answers slowly, so that a charge is caught in flight; the timing keeps the order
+# orders/checks.py wants, with a short lock so that a dead holder's lock expires within seconds.
+SLOW_GATEWAY = {
+    "SANDBOX_LATENCY_MS": "2500", "PROVIDER_TIMEOUT_SECONDS": "5", "CELERY_TASK_SOFT_TIME_LIMIT": "7",
+    "CELERY_TASK_TIME_LIMIT": "8", "TASK_LOCK_TIMEOUT": "10", "TASK_RETRY_BACKOFF_MAX": "2",
+    "ORDER_STALL_SECONDS": "30",
+}
+
+
+def test_timing_of_these_tests_is_in_order():
+    assert timing_errors_under(SLOW_GATEWAY) == []
+
+
+def test_a_pool_process_killed_mid_charge_is_redelivered_and_charges_once(stack_factory):
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    stack = stack_factory(env=SLOW_GATEWAY, workers=1, concurrency=2)
+    [worker] = stack.workers
+    order_id = place(stack, order_payload(("MUG-001", 1)))
+
+    def charging_pid():
+        for task in stack.active_tasks(worker):
+            if task["name"] == "orders.charge_payment" and task["kwargs"].get("order_id") == order_id:
+                return task["worker_pid"]
+        return None
+
+    pid = wait_for(charging_pid, timeout=30, interval=0.2, what="charge_payment to run")
+    assert pid in stack.pool_pids(worker)  # a pool process, not the worker itself
+    # The Payment row is committed right before the gateway is called.
+    wait_for(lambda: Payment.objects.filter(order_id=order_id).exists(), timeout=5, what="the charge to start")
+    time.sleep(0.5)  # well inside the gateway's 2.5 s
+    os.kill(pid, signal.SIGKILL)
+
+    [order] = wait_for_orders([order_id], timeout=90)
+
+    assert order.status == "completed", timeline(order)
+    assert worker.alive and pid not in stack.pool_pids(worker)  # the pool replaced the process
+    assert "signal 9" in worker.log()
+    # The redelivered copy found the dead process's lock, waited for it to expire, then asked
+    # the gateway again with the same idempotency key and got the first charge back.
+    assert ("charge_payment", "busy") in timeline(order)
+    assert_charged_once(stack, order)
+    assert Product.objects.get(sku="MUG-001").stock == 9
+
+
+def test_two_workers_racing_for_one_step_charge_once(stack_factory, monkeypatch):
+    product = Product.objects.get(pk=ProductFactory(sku="MUG-001", price="12.50", stock=10).pk)
+    env = {**SLOW_GATEWAY, "SANDBOX_LATENCY_MS": "1500"}
+    # One process each: the two copies can only run side by side on the two workers.
+    stack = stack_factory(env=env, workers=2, concurrency=1)
+    # An order whose stock is reserved and whose charge is due, with no workflow started yet.
+    monkeypatch.setattr("orders.workflow.start", lambda **kwargs: None)
+    order = order_create(user=UserFactory(), lines=[{"product": product, "quantity": 2}],
+                         shipping_address=order_payload()["shipping_address"], payment_token="tok_ok")
+    order.lines.update(reservation=LineReservation.RESERVED)
+    Product.objects.filter(pk=product.pk).update(stock=8)
+    Order.objects.filter(pk=order.pk).update(status=OrderStatus.PAYING)
+
+    def canvas():
+        client, kwargs = stack.celery, {"order_id": str(order.id)}
+        return chain(*(client.signature(name, kwargs=kwargs, immutable=True) for name in
+                       ("orders.charge_payment", "orders.create_shipment", "orders.send_confirmation_email")))
+
+    canvas().apply_async()
+    canvas().apply_async()
+
+    [order] = wait_for_orders([order.id], timeout=60)
+
+    assert order.status == "completed", timeline(order)
+    for worker in stack.workers:  # each worker process got a copy of the step
+        assert "orders.charge_payment[" in worker.log(), worker.tail()
+    assert ("charge_payment", "busy") in timeline(order)
+    assert stack.requests_to("POST", CHARGES) == 1  # the gateway was called once, not replayed
+    assert_charged_once(stack, order)
+    assert Product.objects.get(pk=product.pk).stock == 8
+
+
+def test_a_charge_whose_answer_times_out_is_replayed_not_repeated(stack_factory):
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    stack = stack_factory(env={"PROVIDER_TIMEOUT_SECONDS": "1.5"}, workers=1)
+    order_id = place(stack, order_payload(("MUG-001", 1), token="tok_timeout_after_success"))
+
+    [order] = wait_for_orders([order_id], timeout=60)
+
+    assert order.status == "completed", timeline(order)
+    steps = [outcome for step, outcome in timeline(order) if step == "charge_payment"]
+    assert steps[0] == "retrying" and steps[-1] == "succeeded"  # the timeout, then the replay
+    assert_charged_once(stack, order)

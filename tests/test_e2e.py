@@ -1,0 +1,57 @@
+"""The whole product as it runs in production: the web server and a worker as real
+processes, a real SMTP server, and an order taken to `completed` over HTTP."""
+
+import time
+
+import pytest
+import requests
+
+from orders.models import Product
+from tests.factories import ProductFactory, UserFactory, order_payload
+from tests.procs import api_session, ledger, stack_factory, wait_for  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def test_an_order_placed_over_http_is_completed_by_a_worker_process(stack_factory):  # noqa: F811
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    UserFactory(username="ada", email="ada@example.com", password="secret-pass-123")
+    stack = stack_factory(workers=1)
+
+    response = requests.post(f"{stack.web_url}/api/auth/token/",
+                             json={"username": "ada", "password": "secret-pass-123"}, timeout=10)
+    assert response.status_code == 200, response.text
+    api = api_session(response.json()["token"])
+
+    response = api.post(f"{stack.web_url}/api/orders/", json=order_payload(("MUG-001", 2)), timeout=10)
+    assert response.status_code == 201, response.text
+    order_id = response.json()["id"]
+    assert response.json()["status"] == "pending"
+
+    def completed():
+        body = api.get(f"{stack.web_url}/api/orders/{order_id}/", timeout=10).json()
+        return body if body["status"] in ("completed", "failed", "cancelled") else None
+
+    body = wait_for(completed, timeout=60, interval=0.25, what=f"order {order_id} to end")
+
+    assert body["status"] == "completed", body
+    steps = [(e["step"], e["outcome"]) for e in body["events"]]
+    assert steps == [
+        ("order", "created"),
+        ("reserve_stock", "succeeded"),
+        ("charge_payment", "succeeded"),
+        ("create_shipment", "succeeded"),
+        ("send_confirmation_email", "succeeded"),
+        ("order", "succeeded"),
+    ], stack.logs()
+    assert body["payment"] == {"status": "captured", "amount": "25.00", "currency": "EUR"}
+    assert body["shipment"]["carrier"] == "sandbox-post"
+    assert Product.objects.get(sku="MUG-001").stock == 8
+    assert [(c["status"], c["refunded"]) for c in ledger(stack, order_id)] == [("captured", False)]
+
+    time.sleep(1)  # a duplicate would arrive right behind the first message
+    [message] = stack.smtp.messages
+    assert message["Subject"] == f"Your order {order_id} is confirmed"
+    assert message["To"] == "ada@example.com"
+    assert message["Message-ID"] == f"<{order_id}.confirmation@orders.invalid>"
+    assert body["shipment"]["tracking_number"] in message.get_payload()
