@@ -128,15 +128,16 @@ def charges(request: HttpRequest) -> JsonResponse:
     elif token not in {"tok_ok", "tok_flaky", "tok_timeout_after_success"}:
         status, decline_code = "declined", "invalid_token"
     try:
-        charge = SandboxCharge.objects.create(
-            order=str(body["order"]),
-            idempotency_key=key,
-            token=token,
-            amount=amount,
-            currency=str(body["currency"])[:3],
-            status=status,
-            decline_code=decline_code,
-        )
+        with transaction.atomic():  # a savepoint: the IntegrityError must not spoil an outer transaction
+            charge = SandboxCharge.objects.create(
+                order=str(body["order"]),
+                idempotency_key=key,
+                token=token,
+                amount=amount,
+                currency=str(body["currency"])[:3],
+                status=status,
+                decline_code=decline_code,
+            )
     except IntegrityError:  # a concurrent request with the same key won the race
         return _charge_response(SandboxCharge.objects.get(idempotency_key=key), status=200)
     if token == "tok_timeout_after_success":
@@ -161,7 +162,8 @@ def refunds(request: HttpRequest) -> JsonResponse:
     if charge is None:
         return _error(404, "no_such_charge", "no captured charge with that id")
     try:
-        refund = SandboxRefund.objects.create(charge=charge, idempotency_key=key, amount=charge.amount)
+        with transaction.atomic():
+            refund = SandboxRefund.objects.create(charge=charge, idempotency_key=key, amount=charge.amount)
     except IntegrityError:
         return _error(409, "charge_already_refunded", "the charge was refunded under another key")
     return JsonResponse({"id": refund.id, "charge": charge.id, "amount": str(refund.amount)}, status=201)
@@ -198,11 +200,12 @@ def shipments(request: HttpRequest) -> JsonResponse:
     if body["postal_code"] == REJECTED_POSTAL_CODE:
         return _error(422, "address_rejected", f"the carrier does not deliver to {REJECTED_POSTAL_CODE}")
     try:
-        shipment = SandboxShipment.objects.create(
-            order=str(body["order"]),
-            idempotency_key=key,
-            address={f: body[f] for f in ADDRESS_FIELDS},
-        )
+        with transaction.atomic():
+            shipment = SandboxShipment.objects.create(
+                order=str(body["order"]),
+                idempotency_key=key,
+                address={f: body[f] for f in ADDRESS_FIELDS},
+            )
     except IntegrityError:
         shipment = SandboxShipment.objects.get(idempotency_key=key)
     return JsonResponse(_shipment_json(shipment), status=201)
