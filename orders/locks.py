@@ -44,11 +44,12 @@ class StepBusy(Exception):
 class UniqueStepTask(Task):
     """Base class for the workflow's tasks.
 
-    A copy that finds the step's lock held does not run the step. It retries once the lock
-    would have expired, rather than dropping: the holder may be a worker that was killed
-    mid-task, whose redelivered message is this very copy, and dropping it would leave the
-    order waiting for the recovery sweep. The retry is cheap because every step is
-    idempotent: if the holder finished the work, the retry finds nothing to do.
+    A copy that finds the step's lock held does not run the step. It retries with an
+    exponential backoff capped at the lock's expiry, rather than dropping: the holder may be
+    a worker that was killed mid-task, whose redelivered message is this very copy, and
+    dropping it would leave the order waiting for the recovery sweep. The retry is cheap
+    because every step is idempotent: if the holder finished the work, the retry finds
+    nothing to do. After max_retries busy tries the copy is dropped (the sweep remains).
     """
 
     abstract = True
