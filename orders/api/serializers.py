@@ -53,21 +53,21 @@ class OrderCreateInputSerializer(serializers.Serializer):
 
     def validate_lines(self, lines: list[dict]) -> list[dict]:
         """Resolve SKUs to active products. The same SKU twice is refused, not merged: the
-        client should say what it means."""
+        client should say what it means. Errors are keyed by the line's index, as DRF keys
+        the errors of the lines' own fields (LIST_SERIALIZER_ERRORS_AS_DICT)."""
         skus = [line["sku"] for line in lines]
         products = {p.sku: p for p in Product.objects.filter(sku__in=skus, is_active=True)}
-        errors, seen, resolved = [], set(), []
-        for line in lines:
+        errors, seen, resolved = {}, set(), []
+        for index, line in enumerate(lines):
             sku = line["sku"]
             if sku not in products:
-                errors.append({"sku": [f"Unknown or inactive SKU: {sku}."]})
+                errors[index] = {"sku": [f"Unknown or inactive SKU: {sku}."]}
             elif sku in seen:
-                errors.append({"sku": [f"{sku} appears more than once; send one line per SKU."]})
+                errors[index] = {"sku": [f"{sku} appears more than once; send one line per SKU."]}
             else:
-                errors.append({})
                 resolved.append({"product": products[sku], "quantity": line["quantity"]})
             seen.add(sku)
-        if any(errors):
+        if errors:
             raise serializers.ValidationError(errors)
         return resolved
 
