@@ -117,6 +117,10 @@ REST_FRAMEWORK = {
         "order_create_anon": env("THROTTLE_ORDER_CREATE_ANON_RATE", default="20/min"),
         "auth_token": env("THROTTLE_AUTH_TOKEN_RATE", default="20/min"),
     },
+    # Anonymous clients are throttled by address. With None, DRF takes X-Forwarded-For as the
+    # address, which any client can write, and so rotate past the limits. Behind N proxies
+    # that each append to X-Forwarded-For, set N: the address the outermost proxy saw is used.
+    "NUM_PROXIES": env.int("THROTTLE_NUM_PROXIES", default=0),
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {

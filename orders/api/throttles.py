@@ -1,6 +1,14 @@
 """Rates come from settings (REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], from the environment)."""
 
+from rest_framework.settings import api_settings
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
+
+
+class SettingsRateMixin:
+    def get_rate(self):
+        # DRF copies DEFAULT_THROTTLE_RATES onto the class once, at import: read them per
+        # request instead, so that the settings in force are the ones that apply.
+        return api_settings.DEFAULT_THROTTLE_RATES[self.scope]
 
 
 class PostOnlyMixin:
@@ -10,16 +18,18 @@ class PostOnlyMixin:
         return super().allow_request(request, view)
 
 
-class OrderCreateUserThrottle(PostOnlyMixin, UserRateThrottle):
+class OrderCreateUserThrottle(PostOnlyMixin, SettingsRateMixin, UserRateThrottle):
     scope = "order_create"
 
 
-class OrderCreateAnonThrottle(PostOnlyMixin, AnonRateThrottle):
+class OrderCreateAnonThrottle(PostOnlyMixin, SettingsRateMixin, AnonRateThrottle):
     scope = "order_create_anon"
 
 
-class AuthTokenThrottle(AnonRateThrottle):
-    """Per client address, whoever it claims to be: slows password guessing."""
+class AuthTokenThrottle(SettingsRateMixin, AnonRateThrottle):
+    """Per client address, whoever it claims to be: slows password guessing. The address is
+    REMOTE_ADDR, or the one the last NUM_PROXIES trusted proxies saw: never an
+    X-Forwarded-For the client wrote itself."""
 
     scope = "auth_token"
 
