@@ -7,7 +7,9 @@ from .base import env
 
 DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY")  # no default: a missing key stops the start
-if len(SECRET_KEY) < 50 or "insecure" in SECRET_KEY:
+# The bar of `check --deploy` (security.W009), as an error: a weak key must stop the start,
+# not scroll past as a warning.
+if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or "insecure" in SECRET_KEY:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be a random string of 50+ characters.")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 DATABASES = {"default": env.db("DATABASE_URL")}

@@ -1,0 +1,188 @@
+"""Production settings, each in a fresh process given only the documented environment (README,
+"Configuration"): `check --deploy` is clean, a missing or weak secret stops the start, the
+sandbox routes do not exist, and the admin and Flower ask for credentials."""
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from django.conf import settings
+
+from tests.services import answers, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def production_env(**overrides: str | None) -> dict:
+    """The documented production environment, nothing inherited from this shell."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DJANGO_SETTINGS_MODULE": "config.settings.production",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "orders.example.com",
+        # Never connected to by these tests: nothing here touches the database.
+        "DATABASE_URL": "postgres://orders:secret@db.invalid:5432/orders",
+        "REDIS_URL": "redis://redis.invalid:6379/0",
+    }
+    env.update(overrides)
+    return {name: value for name, value in env.items() if value is not None}
+
+
+def run(args: list[str], **env: str | None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=production_env(**env), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_check_deploy_reports_nothing_with_the_documented_environment():
+    result = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"])
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+@pytest.mark.parametrize("key", [None, "", "too-short", "django-insecure-" + "x1y2z3" * 10, "ab" * 40,
+                                 "local-only-insecure-key-do-not-use-in-production" + "0123456789"])
+def test_production_refuses_to_start_without_a_strong_secret_key(key):
+    result = run(["-c", "import config.settings.production"], DJANGO_SECRET_KEY=key)
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["DJANGO_ALLOWED_HOSTS", "DATABASE_URL"])
+def test_production_refuses_to_start_without_its_other_required_settings(name):
+    result = run(["-c", "import config.settings.production"], **{name: None})
+    assert result.returncode != 0
+    assert name in result.stderr.splitlines()[-1]
+
+
+PROBE = """
+import json
+import django
+django.setup()
+from django.conf import settings
+from django.test import Client
+from django.urls import Resolver404, resolve
+
+def sandbox_resolves():
+    try:
+        resolve("/sandbox/payments/charges/")
+    except Resolver404:
+        return False
+    return True
+
+client = Client(HTTP_HOST="orders.example.com")
+secure = client.get("/sandbox/payments/charges/", secure=True)
+print(json.dumps({
+    "secret_key": settings.SECRET_KEY,
+    "debug": settings.DEBUG,
+    "sandbox_app": any(app.startswith("integrations.sandbox") for app in settings.INSTALLED_APPS),
+    "sandbox_resolves": sandbox_resolves(),
+    "sandbox_status": secure.status_code,
+    "sandbox_post_status": client.post("/sandbox/payments/charges/", "{}", content_type="application/json",
+                                       secure=True).status_code,
+    "hsts": secure.headers.get("Strict-Transport-Security"),
+    "http_redirect": client.get("/api/orders/").headers.get("Location"),
+    "admin": [client.get("/admin/", secure=True).status_code,
+              client.get("/admin/", secure=True).headers.get("Location")],
+    "orders_without_token": client.get("/api/orders/", secure=True).status_code,
+    "cookies": [settings.SESSION_COOKIE_SECURE, settings.CSRF_COOKIE_SECURE],
+    "foreign_host": client.get("/admin/", secure=True, HTTP_HOST="evil.example").status_code,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def production():
+    key = secrets.token_urlsafe(50)
+    result = run(["-c", PROBE], DJANGO_SECRET_KEY=key, DJANGO_DEBUG="true")
+    assert result.returncode == 0, result.stderr
+    return {**json.loads(result.stdout.splitlines()[-1]), "expected_key": key}
+
+
+def test_the_sandbox_routes_do_not_exist_in_production(production):
+    assert production["sandbox_app"] is False
+    assert production["sandbox_resolves"] is False
+    assert production["sandbox_status"] == 404
+    assert production["sandbox_post_status"] == 404
+
+
+def test_the_sandbox_routes_exist_under_the_test_settings_only():
+    from django.urls import resolve
+
+    assert settings.SANDBOX_ENABLED
+    resolve("/sandbox/payments/charges/")  # the contrast: here they do
+
+
+def test_secrets_come_from_the_environment_and_debug_stays_off(production):
+    assert production["secret_key"] == production["expected_key"]
+    assert production["debug"] is False  # DJANGO_DEBUG=true is ignored
+
+
+def test_production_serves_https_only_with_hsts_and_secure_cookies(production):
+    assert production["http_redirect"] == "https://orders.example.com/api/orders/"
+    assert production["hsts"] == "max-age=31536000; includeSubDomains; preload"
+    assert production["cookies"] == [True, True]
+    assert production["foreign_host"] == 400  # ALLOWED_HOSTS
+
+
+def test_the_admin_and_the_api_need_credentials_in_production(production):
+    status, location = production["admin"]
+    assert status == 302 and location.startswith("/admin/login/")
+    assert production["orders_without_token"] == 401
+
+
+# --- Flower ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def flower(tmp_path):
+    """Start Flower against the test Redis with the given credentials; always stop it."""
+    processes = []
+    log_path = tmp_path / "flower.log"
+
+    def start(*args: str, **env: str) -> str:
+        port = free_port()
+        full_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test",
+                    "REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, **env}
+        log = log_path.open("a")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "flower", "--address=127.0.0.1", f"--port={port}",
+             *args],
+            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=log,
+        )
+        processes.append((process, log))
+        deadline = time.monotonic() + 60
+        while not answers(port):
+            if process.poll() is not None:
+                raise AssertionError(f"Flower exited: {log_path.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError("Flower did not start within 60 s")
+            time.sleep(0.2)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for process, log in processes:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+        log.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["--basic-auth (Procfile)", "FLOWER_BASIC_AUTH (docker-compose)"])
+def test_flower_needs_its_credentials(flower, how):
+    if how.startswith("--basic-auth"):
+        url = flower("--basic-auth=user:pass")
+    else:
+        url = flower(FLOWER_BASIC_AUTH="user:pass")
+
+    for path in ("/", "/workers", "/tasks", "/api/workers", "/api/tasks"):
+        assert requests.get(url + path, timeout=10).status_code == 401, path
+        assert requests.get(url + path, auth=("user", "wrong"), timeout=10).status_code == 401, path
+    assert requests.get(url + "/", auth=("user", "pass"), timeout=10).status_code == 200
