@@ -25,4 +25,10 @@ TASK_LOCK_TIMEOUT = env.int("TASK_LOCK_TIMEOUT", default=40)
 TASK_RETRY_BACKOFF_MAX = env.int("TASK_RETRY_BACKOFF_MAX", default=2)
 ORDER_STALL_SECONDS = env.int("ORDER_STALL_SECONDS", default=60)
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=600)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    # kombu looks for messages left unacknowledged by a dead worker every interval x throttle
+    # seconds (100 s by default); the chaos test shortens it to see them redelivered.
+    "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
+    "unacked_restore_throttle": env.int("CELERY_UNACKED_RESTORE_THROTTLE", default=10),
+}
