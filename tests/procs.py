@@ -253,6 +253,7 @@ class Stack:
         self.beat: Proc | None = None
         self.workers: list[Proc] = []
         self.killed_workers: list[Proc] = []
+        self.crashed_workers: list[Proc] = []  # exited by themselves; see replace_crashed_workers
         self._worker_seq = 0
         self._client = None
 
@@ -354,6 +355,17 @@ class Stack:
         self.workers.remove(proc)
         self.killed_workers.append(proc)
 
+    def replace_crashed_workers(self) -> list[Proc]:
+        """What a process supervisor (systemd, Kubernetes) does: a worker that exited by
+        itself is replaced by a new one. Returns the workers found dead."""
+        crashed = [proc for proc in self.workers if not proc.alive]
+        for proc in crashed:
+            proc.kill()  # reap it, and whatever it left behind in its group
+            self.workers.remove(proc)
+            self.crashed_workers.append(proc)
+            self.start_worker(wait=False)
+        return crashed
+
     def pool_pids(self, proc: Proc) -> list[int]:
         return children_of(proc.pid)
 
@@ -374,7 +386,8 @@ class Stack:
         return replies.get(proc.nodename, [])
 
     def logs(self) -> str:
-        procs = [p for p in (self.redis.proc, self.web, self.beat) if p] + self.workers + self.killed_workers
+        procs = ([p for p in (self.redis.proc, self.web, self.beat) if p] + self.workers + self.killed_workers
+                 + self.crashed_workers)
         return "\n".join(f"===== {p.name} ({p.log_path})\n{p.tail(15)}" for p in procs)
 
     # --- teardown --------------------------------------------------------------------------

@@ -126,3 +126,24 @@ def test_a_charge_whose_answer_times_out_is_replayed_not_repeated(stack_factory)
     steps = [outcome for step, outcome in timeline(order) if step == "charge_payment"]
     assert steps[0] == "retrying" and steps[-1] == "succeeded"  # the timeout, then the replay
     assert_charged_once(stack, order)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "celery 5.7.0 / kombu 5.7.0: on a lost broker connection the consumer collect()s the "
+    "connection (which detaches its transport) and then close()s it; closing the channel again "
+    "tries to restore the unacknowledged messages through the detached transport and raises "
+    "AttributeError ('NoneType' object has no attribute 'hostname'), which the worker reports "
+    "as an unrecoverable error and exits. Every worker running an acks_late task when Redis "
+    "restarts dies; a process supervisor must start it again (the chaos test does)."))
+def test_a_busy_worker_survives_a_redis_restart(stack_factory):
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    stack = stack_factory(env=SLOW_GATEWAY, workers=1)
+    [worker] = stack.workers
+    place(stack, order_payload(("MUG-001", 1)))
+    wait_for(lambda: any(t["name"] == "orders.charge_payment" for t in stack.active_tasks(worker)),
+             timeout=30, interval=0.2, what="charge_payment to run")
+
+    stack.redis.restart(down_for=1.0)
+
+    time.sleep(5)
+    assert worker.alive, worker.tail()
