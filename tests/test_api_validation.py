@@ -281,3 +281,14 @@ def test_errors_mirror_the_request_structure(refused):
     assert set(fields) == {"lines", "shipping_address", "payment_token"}
     assert set(fields["lines"]) == {"0"} and "quantity" in fields["lines"]["0"]
     assert set(fields["shipping_address"]) == {"country"}
+
+
+# --- query parameters ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("page", ["", "last", "0", "-1", "1.0", " 1", "\u0661", "abc", "99"])
+def test_a_page_that_is_not_an_existing_positive_integer_is_a_404(api, catalogue, page):
+    for url in ("/api/products/", URL):
+        assert_error(api.get(url, {"page": page}), 404, "not_found")
+
+
+def test_page_1_and_no_page_are_the_first_page(api, catalogue):
+    assert api.get("/api/products/", {"page": "1"}).json() == api.get("/api/products/").json()

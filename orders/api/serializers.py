@@ -43,7 +43,10 @@ class AddressInputSerializer(serializers.Serializer):
 
 
 class OrderCreateInputSerializer(serializers.Serializer):
-    lines = LineInputSerializer(many=True, allow_empty=False, max_length=MAX_LINES)
+    # A ListField rather than many=True: its length limits appear in the schema (minItems,
+    # maxItems), and its item errors are keyed by index as well.
+    lines = serializers.ListField(child=LineInputSerializer(), allow_empty=False, min_length=1,
+                                  max_length=MAX_LINES)
     shipping_address = AddressInputSerializer()
     payment_token = serializers.RegexField(
         PAYMENT_TOKEN_PATTERN,

@@ -3,8 +3,13 @@
 from django.contrib.auth import authenticate
 from django.db import transaction
 from django.urls import reverse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.generics import GenericAPIView
@@ -26,25 +31,54 @@ from .throttles import AuthTokenThrottle, OrderCreateAnonThrottle, OrderCreateUs
 ErrorSerializer = inline_serializer(
     name="Error",
     fields={
-        "code": serializers.CharField(),
+        "code": serializers.CharField(help_text="Machine-readable, e.g. `invalid`, `not_found`, `throttled`."),
         "detail": serializers.CharField(),
-        "fields": serializers.DictField(required=False, help_text="Validation errors, per field."),
+        "fields": serializers.DictField(
+            required=False,
+            help_text="Validation errors only: per field, nested like the request; the errors of "
+                      "`lines` are keyed by the line's index.",
+        ),
     },
 )
 
+ERROR_DESCRIPTIONS = {
+    400: "Invalid input: `fields` holds the errors per field.",
+    401: "No valid token.",
+    404: "Not found.",
+    409: "Conflict with the order's state, or an Idempotency-Key still in flight.",
+    413: "Request body too large.",
+    415: "Not JSON.",
+    422: "Idempotency-Key reused with a different body.",
+    429: "Too many requests: see Retry-After.",
+}
 
-def errors(*codes: int) -> dict:
-    descriptions = {
-        400: "Invalid input: `fields` holds the errors per field.",
-        401: "No valid token.",
-        404: "No such order, or not yours.",
-        409: "Conflict with the order's state, or an Idempotency-Key still in flight.",
-        413: "Request body too large.",
-        415: "Not JSON.",
-        422: "Idempotency-Key reused with a different body.",
-        429: "Too many requests: see Retry-After.",
+
+def errors(*codes: int, **descriptions: str) -> dict:
+    """The error responses of an operation, all in the one error shape. A description given
+    as e.g. `_404="..."` replaces the generic one."""
+    return {
+        code: OpenApiResponse(ErrorSerializer, description=descriptions.get(f"_{code}", ERROR_DESCRIPTIONS[code]))
+        for code in codes
     }
-    return {code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes}
+
+
+def headers(*codes: int) -> list[OpenApiParameter]:
+    """The response headers that come with these error responses."""
+    documented = []
+    if 401 in codes:
+        documented.append(OpenApiParameter(
+            "WWW-Authenticate", str, OpenApiParameter.HEADER, required=True, response=[401],
+            description="`Token`: send `Authorization: Token <token>`.",
+        ))
+    if 429 in codes:
+        documented.append(OpenApiParameter(
+            "Retry-After", int, OpenApiParameter.HEADER, required=True, response=[429],
+            description="Seconds until the next request may succeed.",
+        ))
+    return documented
+
+
+BAD_PAGE = "No such page (`page` beyond the last, or not a positive integer)."
 
 
 class TokenView(APIView):
@@ -54,8 +88,12 @@ class TokenView(APIView):
 
     @extend_schema(
         operation_id="auth_token_create",
+        description="Exchange a username and password for a token, to send as `Authorization: Token <token>`. "
+                    "Wrong credentials are a 400, whatever was wrong. Throttled per client address.",
         request=TokenInputSerializer,
-        responses={200: inline_serializer("Token", {"token": serializers.CharField()}), **errors(400, 413, 415, 429)},
+        responses={200: inline_serializer("Token", {"token": serializers.CharField()}),
+                   **errors(400, 413, 415, 429)},
+        parameters=headers(429),
         auth=[],
     )
     def post(self, request):
@@ -72,7 +110,8 @@ class TokenView(APIView):
 class LogoutView(APIView):
     """Revoke the token the request was made with."""
 
-    @extend_schema(operation_id="auth_logout", request=None, responses={204: None, **errors(401)})
+    @extend_schema(operation_id="auth_logout", description="Revoke the token this request is made with.",
+                   request=None, responses={204: None, **errors(401)}, parameters=headers(401))
     def post(self, request):
         Token.objects.filter(user=request.user).delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -82,14 +121,20 @@ class ProductListView(GenericAPIView):
     permission_classes = [AllowAny]
     serializer_class = ProductOutputSerializer
 
-    @extend_schema(operation_id="products_list", responses={200: ProductOutputSerializer(many=True)})
+    @extend_schema(
+        operation_id="products_list",
+        description="The active catalogue. No token needed; a token that is sent must be valid.",
+        responses={200: ProductOutputSerializer(many=True), **errors(401, 404, _404=BAD_PAGE)},
+        parameters=headers(401),
+    )
     def get(self, request):
         page = self.paginate_queryset(selectors.product_list())
         return self.get_paginated_response(ProductOutputSerializer(page, many=True).data)
 
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    "Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
+    OpenApiParameter.HEADER, required=False,
     description="Up to 255 characters, unique per intended order. Retrying with the same key "
                 "returns the first response and never creates a second order.",
 )
@@ -110,7 +155,12 @@ class OrderListCreateView(GenericAPIView):
         request._throttles_checked = True
         super().check_throttles(request)
 
-    @extend_schema(operation_id="orders_list", responses={200: OrderOutputSerializer(many=True), **errors(401)})
+    @extend_schema(
+        operation_id="orders_list",
+        description="Your orders, newest first; staff see everyone's.",
+        responses={200: OrderOutputSerializer(many=True), **errors(401, 404, _404=BAD_PAGE)},
+        parameters=headers(401),
+    )
     def get(self, request):
         page = self.paginate_queryset(selectors.order_list(user=request.user))
         return self.get_paginated_response(OrderOutputSerializer(page, many=True).data)
@@ -121,9 +171,24 @@ class OrderListCreateView(GenericAPIView):
                     "processed in the background (follow it with GET on the Location). Creating an "
                     "order does not promise stock: an order whose stock cannot be reserved ends "
                     "`failed`, with the reason in its timeline.",
-        parameters=[IDEMPOTENCY_HEADER],
+        parameters=[
+            IDEMPOTENCY_HEADER,
+            OpenApiParameter("Location", str, OpenApiParameter.HEADER, required=True, response=[201],
+                             description="The new order's URL."),
+            OpenApiParameter("Idempotent-Replayed", str, OpenApiParameter.HEADER, response=[201],
+                             enum=["true"], description="Present when this is the stored first response "
+                                                        "to the same Idempotency-Key."),
+            *headers(401, 429),
+        ],
         request=OrderCreateInputSerializer,
-        responses={201: OrderOutputSerializer, **errors(400, 401, 409, 413, 415, 422, 429)},
+        examples=[OpenApiExample("Two mugs", request_only=True, value={
+            "lines": [{"sku": "MUG-001", "quantity": 2}],
+            "shipping_address": {"name": "Ada Lovelace", "line1": "1 Main St", "city": "Berlin",
+                                 "postal_code": "10115", "country": "DE"},
+            "payment_token": "tok_ok",
+        })],
+        responses={201: OpenApiResponse(OrderOutputSerializer, description="Accepted, `pending`."),
+                   **errors(400, 401, 409, 413, 415, 422, 429)},
     )
     def post(self, request):
         key = request.headers.get("Idempotency-Key")
@@ -155,7 +220,12 @@ class OrderListCreateView(GenericAPIView):
 
 
 class OrderDetailView(APIView):
-    @extend_schema(operation_id="orders_retrieve", responses={200: OrderOutputSerializer, **errors(401, 404)})
+    @extend_schema(
+        operation_id="orders_retrieve",
+        description="One order with its timeline. Another user's order is a 404, as if it did not exist.",
+        responses={200: OrderOutputSerializer, **errors(401, 404, _404="No such order, or not yours.")},
+        parameters=headers(401),
+    )
     def get(self, request, order_id):
         order = selectors.order_get(user=request.user, order_id=order_id)
         if order is None:
@@ -167,9 +237,10 @@ class OrderCancelView(APIView):
     @extend_schema(
         operation_id="orders_cancel",
         description="Cancel before shipment creation begins: stock is released and any charge "
-                    "refunded. Afterwards the answer is 409.",
+                    "refunded. Afterwards the answer is 409. Another user's order is a 404.",
         request=None,
-        responses={200: OrderOutputSerializer, **errors(401, 404, 409)},
+        responses={200: OrderOutputSerializer, **errors(401, 404, 409, _404="No such order, or not yours.")},
+        parameters=headers(401),
     )
     def post(self, request, order_id):
         order = selectors.order_get(user=request.user, order_id=order_id)
