@@ -86,6 +86,15 @@ def test_every_order_endpoint_needs_a_valid_token(user, token, mine, credentials
     assert Order.objects.get(pk=mine.pk).status == OrderStatus.PENDING
 
 
+def test_the_order_endpoints_stay_closed_if_the_default_permission_is_loosened(settings, mine):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.AllowAny"]}
+    for method, path in order_endpoints(mine.pk):
+        before = db_state()
+        assert_error(getattr(APIClient(), method)(path, format="json"), 401, "not_authenticated")
+        assert db_state() == before
+
+
 def test_an_inactive_users_token_is_refused(user, token, mine):
     user.is_active = False
     user.save()

@@ -31,7 +31,7 @@ from .throttles import AuthTokenThrottle, OrderCreateAnonThrottle, OrderCreateUs
 ErrorSerializer = inline_serializer(
     name="Error",
     fields={
-        "code": serializers.CharField(help_text="Machine-readable, e.g. `invalid`, `not_found`, `throttled`."),
+        "code": serializers.CharField(help_text="Machine-readable: `invalid`, `not_found`, `throttled`, ..."),
         "detail": serializers.CharField(),
         "fields": serializers.DictField(
             required=False,
@@ -53,16 +53,13 @@ ERROR_DESCRIPTIONS = {
 }
 
 
-def errors(*codes: int, **descriptions: str) -> dict:
-    """The error responses of an operation, all in the one error shape. A description given
-    as e.g. `_404="..."` replaces the generic one."""
-    return {
-        code: OpenApiResponse(ErrorSerializer, description=descriptions.get(f"_{code}", ERROR_DESCRIPTIONS[code]))
-        for code in codes
-    }
+def errors(*codes: int, descriptions: dict[int, str] | None = None) -> dict:
+    """The error responses of an operation, all in the one error shape."""
+    descriptions = {**ERROR_DESCRIPTIONS, **(descriptions or {})}
+    return {code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes}
 
 
-def headers(*codes: int) -> list[OpenApiParameter]:
+def error_headers(*codes: int) -> list[OpenApiParameter]:
     """The response headers that come with these error responses."""
     documented = []
     if 401 in codes:
@@ -79,6 +76,7 @@ def headers(*codes: int) -> list[OpenApiParameter]:
 
 
 BAD_PAGE = "No such page (`page` beyond the last, or not a positive integer)."
+NOT_YOURS = "No such order, or not yours."
 
 
 class TokenView(APIView):
@@ -88,12 +86,13 @@ class TokenView(APIView):
 
     @extend_schema(
         operation_id="auth_token_create",
-        description="Exchange a username and password for a token, to send as `Authorization: Token <token>`. "
-                    "Wrong credentials are a 400, whatever was wrong. Throttled per client address.",
+        description="Exchange a username and password for a token, to send as "
+                    "`Authorization: Token <token>`. Wrong credentials are a 400, whatever was wrong. "
+                    "Throttled per client address.",
         request=TokenInputSerializer,
         responses={200: inline_serializer("Token", {"token": serializers.CharField()}),
                    **errors(400, 413, 415, 429)},
-        parameters=headers(429),
+        parameters=error_headers(429),
         auth=[],
     )
     def post(self, request):
@@ -107,11 +106,15 @@ class TokenView(APIView):
         return Response({"token": token.key})
 
 
+# The order endpoints name IsAuthenticated themselves rather than lean on the default in
+# settings: a change there must not open them.
 class LogoutView(APIView):
     """Revoke the token the request was made with."""
 
+    permission_classes = [IsAuthenticated]
+
     @extend_schema(operation_id="auth_logout", description="Revoke the token this request is made with.",
-                   request=None, responses={204: None, **errors(401)}, parameters=headers(401))
+                   request=None, responses={204: None, **errors(401)}, parameters=error_headers(401))
     def post(self, request):
         Token.objects.filter(user=request.user).delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -124,8 +127,9 @@ class ProductListView(GenericAPIView):
     @extend_schema(
         operation_id="products_list",
         description="The active catalogue. No token needed; a token that is sent must be valid.",
-        responses={200: ProductOutputSerializer(many=True), **errors(401, 404, _404=BAD_PAGE)},
-        parameters=headers(401),
+        responses={200: ProductOutputSerializer(many=True),
+                   **errors(401, 404, descriptions={404: BAD_PAGE})},
+        parameters=error_headers(401),
     )
     def get(self, request):
         page = self.paginate_queryset(selectors.product_list())
@@ -141,6 +145,7 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 
 
 class OrderListCreateView(GenericAPIView):
+    permission_classes = [IsAuthenticated]
     serializer_class = OrderOutputSerializer
     throttle_classes = [OrderCreateUserThrottle, OrderCreateAnonThrottle]
 
@@ -158,8 +163,9 @@ class OrderListCreateView(GenericAPIView):
     @extend_schema(
         operation_id="orders_list",
         description="Your orders, newest first; staff see everyone's.",
-        responses={200: OrderOutputSerializer(many=True), **errors(401, 404, _404=BAD_PAGE)},
-        parameters=headers(401),
+        responses={200: OrderOutputSerializer(many=True),
+                   **errors(401, 404, descriptions={404: BAD_PAGE})},
+        parameters=error_headers(401),
     )
     def get(self, request):
         page = self.paginate_queryset(selectors.order_list(user=request.user))
@@ -178,7 +184,7 @@ class OrderListCreateView(GenericAPIView):
             OpenApiParameter("Idempotent-Replayed", str, OpenApiParameter.HEADER, response=[201],
                              enum=["true"], description="Present when this is the stored first response "
                                                         "to the same Idempotency-Key."),
-            *headers(401, 429),
+            *error_headers(401, 429),
         ],
         request=OrderCreateInputSerializer,
         examples=[OpenApiExample("Two mugs", request_only=True, value={
@@ -220,11 +226,13 @@ class OrderListCreateView(GenericAPIView):
 
 
 class OrderDetailView(APIView):
+    permission_classes = [IsAuthenticated]
+
     @extend_schema(
         operation_id="orders_retrieve",
         description="One order with its timeline. Another user's order is a 404, as if it did not exist.",
-        responses={200: OrderOutputSerializer, **errors(401, 404, _404="No such order, or not yours.")},
-        parameters=headers(401),
+        responses={200: OrderOutputSerializer, **errors(401, 404, descriptions={404: NOT_YOURS})},
+        parameters=error_headers(401),
     )
     def get(self, request, order_id):
         order = selectors.order_get(user=request.user, order_id=order_id)
@@ -234,13 +242,15 @@ class OrderDetailView(APIView):
 
 
 class OrderCancelView(APIView):
+    permission_classes = [IsAuthenticated]
+
     @extend_schema(
         operation_id="orders_cancel",
         description="Cancel before shipment creation begins: stock is released and any charge "
                     "refunded. Afterwards the answer is 409. Another user's order is a 404.",
         request=None,
-        responses={200: OrderOutputSerializer, **errors(401, 404, 409, _404="No such order, or not yours.")},
-        parameters=headers(401),
+        responses={200: OrderOutputSerializer, **errors(401, 404, 409, descriptions={404: NOT_YOURS})},
+        parameters=error_headers(401),
     )
     def post(self, request, order_id):
         order = selectors.order_get(user=request.user, order_id=order_id)
