@@ -239,13 +239,18 @@ def test_a_body_that_is_not_json_is_a_415(refused, content_type):
     refused(body.encode(), status=415, code="unsupported_media_type", content_type=content_type)
 
 
-def test_a_form_post_by_a_logged_in_browser_is_refused_too(client, catalogue):
-    """The session cookie is the other way in: still JSON only (and CSRF-checked)."""
-    client.force_login(UserFactory())
+def test_a_logged_in_browser_cannot_be_made_to_order(catalogue):
+    """The session cookie is the API's other way in. Without the CSRF token every POST fails
+    the CSRF check (403); a form post is not JSON either (415)."""
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(UserFactory())
+    browser.get("/admin/login/")  # the CSRF cookie is set, as on any visit to the site
     before = db_state()
-    response = client.post(URL, {"payment_token": "tok_ok"})
-    assert response.status_code in (403, 415)
-    assert_error(response, response.status_code)
+    response = browser.post(URL, json.dumps(order_payload(("MUG-001", 1))), content_type="application/json")
+    assert assert_error(response, 403, "permission_denied")["detail"] == "CSRF Failed: CSRF token missing."
+    assert_error(browser.post(URL, {"payment_token": "tok_ok"}), 415, "unsupported_media_type")
     assert db_state() == before
 
 
