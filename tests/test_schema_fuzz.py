@@ -84,6 +84,7 @@ def test_order_creation_documents_idempotency_key_and_that_stock_is_not_promised
     [key] = [p for p in create["parameters"] if p["name"] == "Idempotency-Key"]
     assert key["in"] == "header" and key["schema"] == {"type": "string", "minLength": 1, "maxLength": 255}
     assert "does not promise stock" in create["description"] and "failed" in create["description"]
+    assert "repeated in one order is refused (400), not merged" in create["description"]
     assert "does not promise stock" in schema["info"]["description"]
     assert create["responses"]["201"]["headers"]["Location"]["required"] is True
     body = schema["components"]["schemas"]["OrderCreateInputRequest"]

@@ -173,10 +173,11 @@ class OrderListCreateView(GenericAPIView):
 
     @extend_schema(
         operation_id="orders_create",
-        description="Place an order. Prices and the total come from the catalogue; the order is "
-                    "processed in the background (follow it with GET on the Location). Creating an "
-                    "order does not promise stock: an order whose stock cannot be reserved ends "
-                    "`failed`, with the reason in its timeline.",
+        description="Place an order. Prices and the total come from the catalogue (any price "
+                    "sent is ignored); the order is processed in the background (follow it with GET "
+                    "on the Location). Creating an order does not promise stock: an order whose "
+                    "stock cannot be reserved ends `failed`, with the reason in its timeline. One "
+                    "line per SKU: a SKU repeated in one order is refused (400), not merged.",
         parameters=[
             IDEMPOTENCY_HEADER,
             OpenApiParameter("Location", str, OpenApiParameter.HEADER, required=True, response=[201],
