@@ -178,7 +178,8 @@ def test_fuzzing_every_operation_finds_no_server_error_and_no_schema_violation(f
         for label, by_case in statistic.failures.items() for group in by_case.values()
     ]
     print(f"\nschemathesis {schemathesis.__version__}, seed {SEED}, max-examples {MAX_EXAMPLES}: "
-          f"{statistic.total_cases} cases generated over {len(tested)} operations, "
+          f"{statistic.total_cases} cases generated, {len(set(OPERATIONS) & tested)}/{len(OPERATIONS)} "
+          f"operations exercised, "
           f"{statistic.cases_with_failures} cases with failures, {statistic.total_failures} unique failures, "
           f"{len(errors)} errors, {finished.running_time if finished else 0:.0f} s; "
           f"statuses {dict(sorted(statuses.items()))}")
