@@ -1,10 +1,10 @@
 """The test suite: real PostgreSQL and Redis, never eager Celery."""
 
 from .base import *  # noqa: F401,F403
-from .base import INSTALLED_APPS, env
+from .base import INSTALLED_APPS, database_from_env, env
 
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="test-only-insecure-key")
-DATABASES = {"default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/test")}
+DATABASES = {"default": database_from_env("postgres://postgres@127.0.0.1:5432/test")}
 DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default="test_orders")}
 # Database 1, so a developer's `make run` (database 0) never shares queues with the tests.
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/1")
