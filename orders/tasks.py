@@ -7,6 +7,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from kombu.exceptions import OperationalError as BrokerUnavailable
 from redis.exceptions import RedisError
 
 from integrations.errors import TransientError
@@ -49,6 +50,13 @@ class OrderStepTask(UniqueStepTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         """Retries are used up, or the step hit a bug: the order cannot go on."""
         order_id = kwargs.get("order_id")
+        if isinstance(exc, BrokerUnavailable):
+            # Celery could not publish what follows the step (the chain's next task) because
+            # the broker was unreachable: the step did its work and the order is fine. It has
+            # no message to go on with now, so the recovery sweep resumes it.
+            logger.warning("%s: order %s is done with this step, but its next step could not be "
+                           "queued (%r); the recovery sweep resumes it", self.name, order_id, exc)
+            return
         logger.error("%s gave up on order %s: %r", self.name, order_id, exc)
         try:
             self.give_up(order_id, f"{self.step} gave up after {self.attempt} attempt(s): "
