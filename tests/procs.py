@@ -50,7 +50,8 @@ class ProcessFailed(RuntimeError):
     """A child process exited or did not become ready in time."""
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "condition"):
+def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1,
+             what: str = "condition"):
     """Poll `predicate` until it returns something truthy (returned), at most `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -382,8 +383,17 @@ class Stack:
 
     def active_tasks(self, proc: Proc, *, timeout: float = 1.0) -> list[dict]:
         """The tasks a worker runs now, each with the pid of the pool process running it."""
-        replies = self.celery.control.inspect(destination=[proc.nodename], timeout=timeout).active() or {}
-        return replies.get(proc.nodename, [])
+        for attempt in range(2):
+            try:
+                replies = self.celery.control.inspect(destination=[proc.nodename], timeout=timeout).active()
+                return (replies or {}).get(proc.nodename, [])
+            except (redis.RedisError, OSError):
+                if attempt:
+                    raise
+                # The pooled connection died with a Redis restart: start over with a new client.
+                self._client.close()
+                self._client = None
+        return []
 
     def logs(self) -> str:
         procs = ([p for p in (self.redis.proc, self.web, self.beat) if p] + self.workers + self.killed_workers
@@ -434,8 +444,8 @@ def timing_errors_under(env: dict[str, str]) -> list[str]:
              "ORDER_STALL_SECONDS": int, "ORDER_DEADLINE_SECONDS": int}
     overrides = {name: cast(env[name]) for name, cast in names.items() if name in env}
     if "CELERY_VISIBILITY_TIMEOUT" in env:
-        overrides["CELERY_BROKER_TRANSPORT_OPTIONS"] = {
-            **settings.CELERY_BROKER_TRANSPORT_OPTIONS, "visibility_timeout": int(env["CELERY_VISIBILITY_TIMEOUT"])}
+        overrides["CELERY_BROKER_TRANSPORT_OPTIONS"] = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+                                                        "visibility_timeout": int(env["CELERY_VISIBILITY_TIMEOUT"])}
     with override_settings(**overrides):
         return timing_errors()
 

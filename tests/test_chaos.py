@@ -23,8 +23,8 @@ ORDERS = 240
 CLIENT_THREADS = 24
 PLACING_RATE = 8  # orders per second: placing spans the first half of the chaos schedule
 WORKERS = 3
-# Seconds after the first order is placed: (when, what).
-CHAOS_SCHEDULE = [(4, "kill"), (11, "kill"), (17, "restart_redis"), (24, "kill"), (32, "kill"), (40, "kill")]
+# Seconds after the first order is placed: (when, what), all while orders are still coming in.
+CHAOS_SCHEDULE = [(4, "kill"), (10, "kill"), (15, "restart_redis"), (21, "kill"), (26, "kill"), (30, "kill")]
 
 # Timing for the child processes: seconds instead of minutes, in the order orders/checks.py
 # requires (asserted below).
@@ -54,58 +54,87 @@ CATALOGUE = [("MUG", "12.50", 10_000, 30), ("TEE", "19.90", 10_000, 30), ("CAP",
              ("LAMP", "45.00", 20, 10), ("CHAIR", "120.00", 8, 6)]
 TOKENS = [("tok_ok", 70), ("tok_declined", 8), ("tok_flaky", 8), ("tok_timeout_after_success", 6),
           ("tok_ok/00000", 8)]  # the carrier rejects postal code 00000: fails after payment
+CANCEL_SHARE = 0.06  # the customer cancels this share of orders within two seconds of placing them
 
 
-def make_payloads(rng: random.Random) -> list[dict]:
+def make_jobs(rng: random.Random) -> list[tuple[dict, float | None]]:
+    """(order body, seconds after which the customer cancels it, or None)."""
     skus, weights = [c[0] for c in CATALOGUE], [c[3] for c in CATALOGUE]
-    payloads = []
+    jobs = []
     for _ in range(ORDERS):
         wanted = set(rng.choices(skus, weights=weights, k=rng.choice([1, 1, 2])))
         lines = [(sku, rng.randint(1, 2)) for sku in sorted(wanted)]
         token = rng.choices([t for t, _ in TOKENS], weights=[w for _, w in TOKENS])[0]
         token, _, postal_code = token.partition("/")
-        payloads.append(order_payload(*lines, token=token, postal_code=postal_code or "10115"))
-    return payloads
+        cancel_after = rng.uniform(0, 2) if rng.random() < CANCEL_SHARE else None
+        jobs.append((order_payload(*lines, token=token, postal_code=postal_code or "10115"), cancel_after))
+    return jobs
 
 
 class Client:
-    """Places orders over HTTP. A request that fails (5xx, connection error, 409 while its
-    key is in flight) is sent again with the same Idempotency-Key: never a second order."""
+    """Places orders over HTTP, and cancels some. A request that fails (5xx, connection
+    error, 409 while its key is in flight) is sent again; an order always with the same
+    Idempotency-Key, so that a retry never creates a second one."""
 
     def __init__(self, base_url: str, tokens: list[str], started: float) -> None:
         self.started = started
         self.base_url = base_url
         self.tokens = tokens
         self.retried = 0
+        self.cancels = Counter()  # answers to the cancellations: 200, or 409 once too late
         self._lock = threading.Lock()
 
-    def place(self, index: int, payload: dict) -> str | None:
-        headers = {"Authorization": f"Token {self.tokens[index % len(self.tokens)]}",
-                   "Idempotency-Key": str(uuid.uuid4())}
-        time.sleep(max(0.0, self.started + index / PLACING_RATE - time.monotonic()))
+    def _send(self, url: str, *, ok: tuple[int, ...], **kwargs) -> requests.Response | None:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                response = requests.post(f"{self.base_url}/api/orders/", json=payload, headers=headers, timeout=15)
-                if response.status_code == 201:
-                    return response.json()["id"]
+                response = requests.post(url, timeout=15, **kwargs)
+                if response.status_code in ok:
+                    return response
                 assert response.status_code >= 500 or response.status_code == 409, response.text
             except requests.RequestException:
                 pass
             with self._lock:
                 self.retried += 1
             time.sleep(random.uniform(0.3, 1.0))
-        return None  # never created, as far as the client knows; the database decides
+        return None
+
+    def place(self, index: int, job: tuple[dict, float | None]) -> str | None:
+        payload, cancel_after = job
+        auth = {"Authorization": f"Token {self.tokens[index % len(self.tokens)]}"}
+        time.sleep(max(0.0, self.started + index / PLACING_RATE - time.monotonic()))
+        response = self._send(f"{self.base_url}/api/orders/", ok=(201,), json=payload,
+                              headers={**auth, "Idempotency-Key": str(uuid.uuid4())})
+        if response is None:
+            return None  # never created, as far as the client knows; the database decides
+        order_id = response.json()["id"]
+        if cancel_after is not None:
+            time.sleep(cancel_after)
+            # 409 is a final answer here: the order is past the point where it can be cancelled.
+            response = self._send(f"{self.base_url}/api/orders/{order_id}/cancel/", ok=(200, 409),
+                                  headers=auth)
+            with self._lock:
+                self.cancels[response.status_code if response is not None else "gave up"] += 1
+        return order_id
 
 
 def supervise(stack, started: float, log: list[str]) -> None:
     """Replace workers that died by themselves, as a process supervisor would, and say why."""
     for proc in stack.replace_crashed_workers():
         why = next((line for line in proc.log().splitlines() if "CRITICAL" in line), "no CRITICAL line")
-        log.append(f"{time.monotonic() - started:5.1f}s {proc.name} had exited ({proc.popen.returncode}): {why}")
+        log.append(f"{time.monotonic() - started:5.1f}s {proc.name} had exited "
+                   f"({proc.popen.returncode}): {why}")
 
 
-def chaos(stack, started: float, log: list[str]) -> None:
+def chaos(stack, started: float, log: list[str], errors: list[BaseException]) -> None:
+    try:
+        _chaos(stack, started, log)
+    except BaseException as exc:  # the test fails on it, rather than with fewer kills than planned
+        errors.append(exc)
+        raise
+
+
+def _chaos(stack, started: float, log: list[str]) -> None:
     rng = random.Random(7)
     for at, action in CHAOS_SCHEDULE:
         while time.monotonic() < started + at:
@@ -113,8 +142,9 @@ def chaos(stack, started: float, log: list[str]) -> None:
             time.sleep(min(0.5, max(0.0, started + at - time.monotonic())))
         if action == "kill":
             victim = rng.choice(stack.workers)
+            running = len(stack.active_tasks(victim, timeout=0.5))
             stack.kill_worker(victim)
-            log.append(f"{time.monotonic() - started:5.1f}s SIGKILL {victim.name}")
+            log.append(f"{time.monotonic() - started:5.1f}s SIGKILL {victim.name} ({running} task(s) running)")
             new = stack.start_worker(concurrency=2)
             log.append(f"{time.monotonic() - started:5.1f}s {new.name} ready")
         else:
@@ -137,7 +167,7 @@ def wait_until_quiet(stack, timeout: float = 90) -> None:
     wait_for(quiet, timeout=timeout, interval=1, what="the queues to drain")
 
 
-def test_chaos(stack_factory):  # noqa: F811
+def test_chaos(stack_factory, capsys):  # noqa: F811
     assert timing_errors_under(ENV) == []
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -145,20 +175,22 @@ def test_chaos(stack_factory):  # noqa: F811
         ProductFactory(sku=sku, price=price, stock=stock)
     initial_stock = dict(Product.objects.values_list("sku", "stock"))
     tokens = [TokenFactory(user=UserFactory(email=f"customer{i}@example.com")).key for i in range(8)]
-    payloads = make_payloads(rng)
+    jobs = make_jobs(rng)
 
     began = time.monotonic()
     stack = stack_factory(env=ENV, workers=WORKERS, concurrency=2, beat=True, web_workers=2, web_threads=12)
     chaos_log: list[str] = []
     started = time.monotonic()
     client = Client(stack.web_url, tokens, started)
-    chaos_thread = threading.Thread(target=chaos, args=(stack, started, chaos_log), daemon=True)
+    chaos_errors: list[BaseException] = []
+    chaos_thread = threading.Thread(target=chaos, args=(stack, started, chaos_log, chaos_errors), daemon=True)
     chaos_thread.start()
     with ThreadPoolExecutor(max_workers=CLIENT_THREADS) as pool:
-        placed = list(pool.map(client.place, range(ORDERS), payloads))
+        placed = list(pool.map(client.place, range(ORDERS), jobs))
     placing_took = time.monotonic() - started
     chaos_thread.join(timeout=120)
     assert not chaos_thread.is_alive(), "the chaos thread is stuck"
+    assert not chaos_errors, f"the chaos thread failed: {chaos_errors[0]!r}\n{chaos_log}"
 
     orders_ids = set(Order.objects.values_list("id", flat=True))
     assert {str(i) for i in placed if i} <= {str(i) for i in orders_ids}
@@ -168,7 +200,8 @@ def test_chaos(stack_factory):  # noqa: F811
     deadline = time.monotonic() + 360
     while True:
         pending = Order.objects.exclude(status__in=TERMINAL_STATUSES).count()
-        uncompensated = Order.objects.filter(status__in=["failed", "cancelled"], compensated_at__isnull=True).count()
+        uncompensated = Order.objects.filter(status__in=["failed", "cancelled"],
+                                             compensated_at__isnull=True).count()
         if not pending and not uncompensated:
             break
         if time.monotonic() > deadline:
@@ -189,12 +222,15 @@ def test_chaos(stack_factory):  # noqa: F811
     retries = OrderEvent.objects.filter(outcome=Outcome.RETRYING).count()
     resumes = OrderEvent.objects.filter(outcome=Outcome.RESUMED).count()
     busy = OrderEvent.objects.filter(outcome=Outcome.BUSY).count()
-    print(f"\nchaos (seed {seed}): orders {len(orders)} {dict(statuses)}, kills {len(stack.killed_workers)}, "
-          f"Redis restarts {stack.redis.restarts}, worker crashes {len(stack.crashed_workers)}, retries {retries}, resumes {resumes}, busy {busy}, "
-          f"POST retries {client.retried}, placing {placing_took:.1f}s, wall time {wall:.1f}s")
-    print("\n".join(chaos_log))
-    reasons = Counter(o.failure_reason.split(":")[0].split("(")[0].strip() for o in orders.values() if o.failure_reason)
-    print("failure reasons:", dict(reasons))
+    reasons = Counter(o.failure_reason.split(":")[0].split("(")[0].strip()
+                      for o in orders.values() if o.failure_reason)
+    with capsys.disabled():  # the figures belong in the CI log, passed or not
+        print(f"\nchaos (seed {seed}): orders {len(orders)} {dict(statuses)}, kills {len(stack.killed_workers)}, "
+              f"Redis restarts {stack.redis.restarts}, worker crashes {len(stack.crashed_workers)}, "
+              f"retries {retries}, resumes {resumes}, busy {busy}, cancellations {dict(client.cancels)}, "
+              f"POST retries {client.retried}, placing {placing_took:.1f}s, wall time {wall:.1f}s")
+        print("failure reasons:", dict(reasons))
+        print("\n".join(chaos_log))
 
     assert len(stack.killed_workers) >= 3 and stack.redis.restarts == 1
     assert len(orders) >= 200
@@ -229,6 +265,6 @@ def test_chaos(stack_factory):  # noqa: F811
         order_id, _, kind = message["Message-ID"].strip("<>").split("@")[0].partition(".")
         received[(order_id, kind)] += 1
     assert max(received.values()) == 1, [key for key, n in received.items() if n > 1]
-    expected = {(order_id, {"completed": "confirmation", "failed": "failure", "cancelled": "cancellation"}[o.status])
-                for order_id, o in orders.items()}
+    kind = {"completed": "confirmation", "failed": "failure", "cancelled": "cancellation"}
+    expected = {(order_id, kind[o.status]) for order_id, o in orders.items()}
     assert set(received) == expected

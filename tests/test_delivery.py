@@ -9,10 +9,11 @@ import time
 import pytest
 from celery import chain
 
-from orders.models import LineReservation, Order, OrderStatus, Payment, Product
+from orders.models import LineReservation, Order, OrderStatus, Payment, Product, Shipment
 from orders.services import order_create
 from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
-from tests.procs import api_session, ledger, stack_factory, timing_errors_under, wait_for, wait_for_orders  # noqa: F401
+from tests.procs import stack_factory  # noqa: F401 (the fixture)
+from tests.procs import api_session, ledger, timing_errors_under, wait_for, wait_for_orders
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,8 @@ def test_a_pool_process_killed_mid_charge_is_redelivered_and_charges_once(stack_
     pid = wait_for(charging_pid, timeout=30, interval=0.2, what="charge_payment to run")
     assert pid in stack.pool_pids(worker)  # a pool process, not the worker itself
     # The Payment row is committed right before the gateway is called.
-    wait_for(lambda: Payment.objects.filter(order_id=order_id).exists(), timeout=5, what="the charge to start")
+    wait_for(lambda: Payment.objects.filter(order_id=order_id).exists(), timeout=5,
+             what="the charge to start")
     time.sleep(0.5)  # well inside the gateway's 2.5 s
     os.kill(pid, signal.SIGKILL)
 
@@ -147,3 +149,29 @@ def test_a_busy_worker_survives_a_redis_restart(stack_factory):
 
     time.sleep(5)
     assert worker.alive, worker.tail()
+
+
+def test_a_step_done_while_the_broker_is_down_is_not_undone(stack_factory):
+    """create_shipment succeeds while Redis is down, so Celery cannot publish the chain's next
+    step and reports the task as failed. The order must not be failed (and refunded) for it:
+    the recovery sweep resumes it once Redis is back."""
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    env = {**SLOW_GATEWAY, "ORDER_STALL_SECONDS": "12", "ORDER_SWEEP_INTERVAL_SECONDS": "1"}
+    stack = stack_factory(env=env, workers=1, beat=True)
+    [worker] = stack.workers
+    order_id = place(stack, order_payload(("MUG-001", 1)))
+    wait_for(lambda: any(t["name"] == "orders.create_shipment" for t in stack.active_tasks(worker)),
+             timeout=30, interval=0.2, what="create_shipment to run")
+
+    stack.redis.stop()
+    # The carrier answers after 2.5 s; Celery then fails to publish send_confirmation_email.
+    wait_for(lambda: Shipment.objects.filter(order_id=order_id).exists(), timeout=10, what="the shipment")
+    time.sleep(3)
+    stack.redis.start()
+    stack.replace_crashed_workers()  # celery 5.7: a busy worker exits when the broker goes away
+
+    [order] = wait_for_orders([order_id], timeout=60)
+
+    assert order.status == "completed", timeline(order)
+    assert ("recovery", "resumed") in timeline(order)
+    assert_charged_once(stack, order)
