@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from orders.api.errors import not_found_view
+from orders.api.errors import not_found_view, server_error_view
 from orders.views import healthz, metrics
 
 urlpatterns = [
@@ -21,3 +21,4 @@ if settings.SANDBOX_ENABLED:
     urlpatterns.append(path("sandbox/", include("integrations.sandbox.urls")))
 
 handler404 = not_found_view
+handler500 = server_error_view

@@ -35,7 +35,7 @@ class Replay:
 
 
 def validate_key(key: str) -> None:
-    if not key or len(key) > MAX_KEY_LENGTH:
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise ApplicationError(
             f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} characters.",
             code="invalid_idempotency_key",

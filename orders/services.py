@@ -26,6 +26,9 @@ from .models import (
 
 logger = logging.getLogger(__name__)
 
+# Order.total has 14 digits, 2 after the point.
+MAX_TOTAL = Decimal("1e12")
+
 
 def event_record(*, order: Order, step: str, outcome: str, attempt: int = 1, detail: str = "") -> OrderEvent:
     return OrderEvent.objects.create(order=order, step=step, outcome=outcome, attempt=attempt, detail=detail[:2000])
@@ -48,6 +51,9 @@ def order_create(
             fields={"lines": [f"Mixed currencies: {', '.join(sorted(currencies))}."]},
         )
     total = sum((line["product"].price * line["quantity"] for line in lines), Decimal("0"))
+    if total >= MAX_TOTAL:
+        raise ApplicationError("The order's total is larger than one order may be.",
+                               fields={"lines": [f"The total must stay below {MAX_TOTAL}."]})
     with transaction.atomic():
         order = Order.objects.create(
             user=user,

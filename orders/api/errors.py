@@ -51,3 +51,12 @@ def not_found_view(request, exception=None):
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)
+
+
+def server_error_view(request):
+    """A bug under /api/ still answers in the API's error shape (Sentry has the details)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body(code="server_error", detail="Server error."), status=500)
+    from django.views.defaults import server_error
+
+    return server_error(request)
