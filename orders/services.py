@@ -114,6 +114,11 @@ def order_fail(*, order_id, reason: str, step: str = Step.ORDER, attempt: int = 
         order = Order.objects.select_for_update().get(pk=order_id)
         if order.is_terminal:
             return False
+        if order.status == OrderStatus.CONFIRMING:
+            # Its shipment exists: the goods are on their way and nothing may be refunded.
+            # Whatever went wrong, the order completes (orders/steps.py send_confirmation).
+            logger.error("order %s is shipped; not failing it (%s)", order_id, reason)
+            return False
         _end_order(order=order, status=OrderStatus.FAILED, step=step, outcome=Outcome.FAILED,
                    detail=reason, attempt=attempt)
     logger.info("order %s failed: %s", order_id, reason)

@@ -108,3 +108,13 @@ def test_a_failed_order_whose_compensation_was_lost_is_compensated(lost_order, s
     order = wait_for_order(order.id)
     assert order.compensated_at is not None
     assert order.notifications.get().kind == "failure"
+
+
+def test_a_shipped_order_is_never_failed(lost_order):
+    order = lost_order(status=OrderStatus.CONFIRMING)
+
+    assert services.order_fail(order_id=order.id, reason="a late error") is False
+
+    order.refresh_from_db()
+    assert order.status == "confirming"
+    assert not order.events.filter(outcome="failed").exists()
