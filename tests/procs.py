@@ -395,6 +395,21 @@ class Stack:
                 self._client = None
         return []
 
+    def busiest_worker(self, *, timeout: float = 0.5) -> tuple[Proc | None, int]:
+        """The live worker running the most tasks right now, and how many (one broadcast)."""
+        for attempt in range(2):
+            try:
+                replies = self.celery.control.inspect(timeout=timeout).active() or {}
+                break
+            except (redis.RedisError, OSError):
+                if attempt:
+                    raise
+                self._client.close()
+                self._client = None
+        counts = [(len(replies.get(proc.nodename) or []), proc) for proc in self.workers if proc.alive]
+        running, proc = max(counts, key=lambda c: c[0], default=(0, None))
+        return proc, running
+
     def logs(self) -> str:
         procs = ([p for p in (self.redis.proc, self.web, self.beat) if p] + self.workers + self.killed_workers
                  + self.crashed_workers)
