@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import task_prerun, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
@@ -21,3 +21,14 @@ def refuse_bad_timing(**kwargs) -> None:
 
     if errors := timing_errors():
         raise SystemExit("Refusing to start: " + "; ".join(errors))
+
+
+@task_prerun.connect
+def drop_broken_db_connections(**kwargs) -> None:
+    """What Django does at the start of every web request, done before every task: close a
+    connection that errored (e.g. PostgreSQL restarted) or outlived CONN_MAX_AGE. Without it a
+    worker process keeps its dead connection until CELERY_DB_REUSE_MAX tasks have passed, and
+    every retry in the meantime fails on it."""
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -14,6 +14,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db.models import Max, Q
 from django.utils import timezone
+from redis.exceptions import LockError, RedisError
 
 from . import workflow
 from .locks import step_lock
@@ -64,10 +65,7 @@ def sweep() -> dict:
             workflow.resume(order=order)
             resumed += 1
     finally:
-        try:
-            lock.release()
-        except Exception:  # expired: nothing to release
-            pass
+        _release_quietly(lock)
     if resumed or expired:
         logger.info("recovery sweep: resumed %s, expired %s", resumed, expired)
     return {"resumed": resumed, "expired": expired}
@@ -79,8 +77,19 @@ def _expire(order: Order) -> int:
     if lock is not None and not lock.acquire():
         return 0  # the step is running right now; the next sweep decides
     try:
-        return int(order_fail(order_id=order.id, step=Step.RECOVERY,
-                              reason=f"deadline of {settings.ORDER_DEADLINE_SECONDS}s passed at {order.status}"))
+        # Re-read under the lock: the order may have moved on since the sweep's query.
+        status = Order.objects.filter(pk=order.pk).values_list("status", flat=True).first()
+        if status != order.status:
+            return 0
+        reason = f"deadline of {settings.ORDER_DEADLINE_SECONDS}s passed at {order.status}"
+        return int(order_fail(order_id=order.id, step=Step.RECOVERY, reason=reason))
     finally:
         if lock is not None:
-            lock.release()
+            _release_quietly(lock)
+
+
+def _release_quietly(lock) -> None:
+    try:
+        lock.release()
+    except (LockError, RedisError):  # expired or Redis gone: nothing left to release
+        logger.warning("sweep: lock %s was gone before release", lock.name)

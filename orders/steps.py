@@ -32,6 +32,12 @@ from .services import event_record, order_fail
 logger = logging.getLogger(__name__)
 
 
+def compensate_later(*, order_id) -> None:
+    from . import workflow
+
+    workflow.compensate(order_id=order_id)
+
+
 def _locked(order_id) -> Order:
     return Order.objects.select_for_update().get(pk=order_id)
 
@@ -126,8 +132,11 @@ def charge_payment(*, order_id, attempt: int) -> None:
             order.save(update_fields=["status", "updated_at"])
             detail = f"captured {result.amount} {payment.currency} ({result.charge_id})"
         else:
-            # Cancelled while the charge was in flight: compensation, which waits for this
-            # step's lock, finds the capture at the gateway and refunds it.
+            # The order ended while the charge was in flight. Compensation may already have run
+            # and found nothing to refund (e.g. its lock vanished with a Redis restart), so it
+            # is opened again: it asks the gateway's ledger and refunds this capture.
+            Order.objects.filter(pk=order.pk).update(compensated_at=None)
+            transaction.on_commit(lambda: compensate_later(order_id=order_id), robust=True)
             detail = f"captured {result.charge_id} after the order became {order.status}; it will be refunded"
         event_record(order=order, step=Step.CHARGE_PAYMENT, outcome=Outcome.SUCCEEDED, attempt=attempt,
                      detail=detail)
