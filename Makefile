@@ -1,16 +1,18 @@
 # One entry point for newcomers and CI. Everything installs into .venv from the
-# hash-pinned requirements.lock, so a fresh machine gets exactly what CI tested.
+# hash-pinned locks, so a fresh machine gets exactly what CI tested: requirements.lock holds
+# the runtime (what the production image installs), requirements-dev.lock adds the tools
+# for tests, lint and `make run`, pinned to the same runtime versions.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lock migrate seed bench clean
+.PHONY: install run test test-fast lint format lock migrate seed bench clean
 
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock requirements-dev.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,13 +36,28 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+## make lint: ruff (lint and format check) and mypy; CI runs it before the tests.
+LINT_PATHS := config orders integrations tests manage.py
+lint: install
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+
+## make format: apply ruff's fixes and formatting.
+format: install
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
+
 bench: install
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
-## make lock: re-resolve requirements.lock from pyproject.toml (needs network).
+## make lock: re-resolve both locks from pyproject.toml (needs network); the dev lock is
+## constrained by the runtime one, so tests run exactly the versions production gets.
 lock:
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --universal --generate-hashes -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --universal --generate-hashes -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --universal --generate-hashes \
+	  -c requirements.lock -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) db.sqlite3 celerybeat-schedule*

@@ -1,7 +1,6 @@
 """Email through Django's email framework (SMTP where EMAIL_HOST is set)."""
 
 import smtplib
-import socket
 
 from django.conf import settings
 from django.core.mail import EmailMessage
@@ -27,5 +26,5 @@ def send_email(*, to: str, subject: str, body: str, message_id: str) -> None:
         if 400 <= exc.smtp_code < 500:
             raise TransientError(f"mail server answered {exc.smtp_code}") from exc
         raise PermanentError(f"mail server answered {exc.smtp_code}", code="mail_refused") from exc
-    except (smtplib.SMTPException, OSError, socket.timeout) as exc:
+    except (TimeoutError, smtplib.SMTPException, OSError) as exc:
         raise TransientError(f"mail server unreachable: {exc.__class__.__name__}: {exc}") from exc

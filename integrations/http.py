@@ -38,13 +38,17 @@ def call(
     except requests.Timeout as exc:
         raise TransientError(f"{method} {url}: timed out after {timeout[1]}s") from exc
     except requests.ConnectionError as exc:
-        raise TransientError(f"{method} {url}: connection failed ({exc.__class__.__name__})") from exc
+        raise TransientError(
+            f"{method} {url}: connection failed ({exc.__class__.__name__})"
+        ) from exc
     if response.status_code >= 500 or response.status_code == 429:
         raise TransientError(f"{method} {url}: HTTP {response.status_code}")
     try:
         body = response.json()
     except ValueError as exc:
-        raise TransientError(f"{method} {url}: HTTP {response.status_code}, body is not JSON") from exc
+        raise TransientError(
+            f"{method} {url}: HTTP {response.status_code}, body is not JSON"
+        ) from exc
     if response.status_code >= 400:
         error = body.get("error", {}) if isinstance(body, dict) else {}
         raise PermanentError(

@@ -59,7 +59,10 @@ class SandboxPaymentGateway:
         payload = {"order": order_id, "amount": str(amount), "currency": currency, "token": token}
         try:
             _, body = http.call(
-                "POST", http.sandbox_url("payments/charges/"), json=payload, idempotency_key=idempotency_key
+                "POST",
+                http.sandbox_url("payments/charges/"),
+                json=payload,
+                idempotency_key=idempotency_key,
             )
         except PermanentError as exc:
             if exc.code in {"card_declined", "invalid_token"}:
@@ -74,13 +77,20 @@ class SandboxPaymentGateway:
             json={"charge": charge_id},
             idempotency_key=idempotency_key,
         )
-        return RefundResult(refund_id=body["id"], charge_id=charge_id, amount=Decimal(body["amount"]))
+        return RefundResult(
+            refund_id=body["id"], charge_id=charge_id, amount=Decimal(body["amount"])
+        )
 
     def list_charges(self, *, order_id: str) -> list[GatewayCharge]:
-        _, body = http.call("GET", http.sandbox_url("payments/charges/"), params={"order": order_id})
+        _, body = http.call(
+            "GET", http.sandbox_url("payments/charges/"), params={"order": order_id}
+        )
         return [
             GatewayCharge(
-                charge_id=c["id"], status=c["status"], amount=Decimal(c["amount"]), refunded=c["refunded"]
+                charge_id=c["id"],
+                status=c["status"],
+                amount=Decimal(c["amount"]),
+                refunded=c["refunded"],
             )
             for c in body["results"]
         ]

@@ -17,12 +17,16 @@ class ShipmentResult:
 
 
 class Carrier(Protocol):
-    def create_shipment(self, *, order_id: str, address: dict, idempotency_key: str) -> ShipmentResult:
+    def create_shipment(
+        self, *, order_id: str, address: dict, idempotency_key: str
+    ) -> ShipmentResult:
         """Raise PermanentError when the carrier rejects the shipment."""
 
 
 class SandboxCarrier:
-    def create_shipment(self, *, order_id: str, address: dict, idempotency_key: str) -> ShipmentResult:
+    def create_shipment(
+        self, *, order_id: str, address: dict, idempotency_key: str
+    ) -> ShipmentResult:
         _, body = http.call(
             "POST",
             http.sandbox_url("shipping/shipments/"),

@@ -1,6 +1,15 @@
 from django.contrib import admin
 
-from .models import IdempotencyKey, Notification, Order, OrderEvent, OrderLine, Payment, Product, Shipment
+from .models import (
+    IdempotencyKey,
+    Notification,
+    Order,
+    OrderEvent,
+    OrderLine,
+    Payment,
+    Product,
+    Shipment,
+)
 
 
 @admin.register(Product)
@@ -57,12 +66,31 @@ class OrderAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     search_fields = ("=id", "email", "user__email", "user__username")
     list_select_related = ("user",)
-    readonly_fields = ("id", "user", "total", "currency", "created_at", "updated_at", "compensated_at")
+    readonly_fields = (
+        "id",
+        "user",
+        "total",
+        "currency",
+        "created_at",
+        "updated_at",
+        "compensated_at",
+    )
     inlines = [OrderLineInline, PaymentInline, ShipmentInline, NotificationInline, OrderEventInline]
     fieldsets = (
         (None, {"fields": ("id", "user", "email", "status", "failure_reason")}),
         ("Amount", {"fields": ("total", "currency", "payment_token")}),
-        ("Ship to", {"fields": ("ship_name", "ship_line1", "ship_city", "ship_postal_code", "ship_country")}),
+        (
+            "Ship to",
+            {
+                "fields": (
+                    "ship_name",
+                    "ship_line1",
+                    "ship_city",
+                    "ship_postal_code",
+                    "ship_country",
+                )
+            },
+        ),
         ("Times", {"fields": ("created_at", "updated_at", "compensated_at")}),
     )
 
@@ -86,5 +114,12 @@ class ShipmentAdmin(admin.ModelAdmin):
 class IdempotencyKeyAdmin(admin.ModelAdmin):
     list_display = ("key", "user", "response_status", "created_at")
     search_fields = ("key",)
-    readonly_fields = ("user", "key", "request_fingerprint", "response_status", "response_body",
-                       "response_headers", "created_at")
+    readonly_fields = (
+        "user",
+        "key",
+        "request_fingerprint",
+        "response_status",
+        "response_body",
+        "response_headers",
+        "created_at",
+    )

@@ -4,8 +4,14 @@ class ApplicationError(Exception):
     status_code = 400
     code = "invalid"
 
-    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None,
-                 fields: dict | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        fields: dict | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if status_code is not None:

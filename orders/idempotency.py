@@ -39,7 +39,9 @@ def validate_key(key: str) -> None:
         raise ApplicationError(
             f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} characters.",
             code="invalid_idempotency_key",
-            fields={"Idempotency-Key": [f"Ensure this header has 1 to {MAX_KEY_LENGTH} characters."]},
+            fields={
+                "Idempotency-Key": [f"Ensure this header has 1 to {MAX_KEY_LENGTH} characters."]
+            },
         )
 
 
@@ -58,23 +60,33 @@ def begin(*, user, key: str, request_fingerprint: str) -> IdempotencyKey | Repla
     ).delete()
     try:
         with transaction.atomic():
-            return IdempotencyKey.objects.create(user=user, key=key, request_fingerprint=request_fingerprint)
+            return IdempotencyKey.objects.create(
+                user=user, key=key, request_fingerprint=request_fingerprint
+            )
     except IntegrityError:
         pass
     existing = IdempotencyKey.objects.filter(user=user, key=key).first()
     if existing is None:  # its owner gave it up a moment ago
-        raise Conflict("A request with this Idempotency-Key was just in progress; retry.",
-                       code="idempotency_key_in_use")
+        raise Conflict(
+            "A request with this Idempotency-Key was just in progress; retry.",
+            code="idempotency_key_in_use",
+        )
     if existing.request_fingerprint != request_fingerprint:
         raise ApplicationError(
             "This Idempotency-Key was used with a different request body.",
-            status_code=422, code="idempotency_key_reused",
+            status_code=422,
+            code="idempotency_key_reused",
         )
     if existing.response_status is None:
-        raise Conflict("A request with this Idempotency-Key is still in progress.",
-                       code="idempotency_key_in_use")
-    return Replay(status=existing.response_status, body=existing.response_body,
-                  headers=existing.response_headers)
+        raise Conflict(
+            "A request with this Idempotency-Key is still in progress.",
+            code="idempotency_key_in_use",
+        )
+    return Replay(
+        status=existing.response_status,
+        body=existing.response_body,
+        headers=existing.response_headers,
+    )
 
 
 def finish(*, record: IdempotencyKey, status: int, body: dict, headers: dict) -> None:

@@ -72,14 +72,18 @@ class UniqueStepTask(Task):
         if not acquired:
             self.on_lock_busy(kwargs)
             if self.request.retries >= self.max_retries:
-                logger.warning("%s: lock %s still held after %s tries; dropping this copy "
-                               "(the recovery sweep resumes the order if it stalls)",
-                               self.name, lock.name, self.request.retries)
+                logger.warning(
+                    "%s: lock %s still held after %s tries; dropping this copy "
+                    "(the recovery sweep resumes the order if it stalls)",
+                    self.name,
+                    lock.name,
+                    self.request.retries,
+                )
                 return None
             # Back off exponentially, but never past the lock's expiry: a live holder is
             # usually done in seconds, a dead one's lock frees itself at expiry.
             remaining = max(redis_client().pttl(lock.name), 0) / 1000
-            countdown = min(2 ** self.request.retries, max(remaining, 1.0))
+            countdown = min(2**self.request.retries, max(remaining, 1.0))
             raise self.retry(exc=StepBusy(lock.name), countdown=countdown + random.uniform(0, 0.5))
         _held.lock = lock
         try:

@@ -17,8 +17,10 @@ class BodySizeLimitMiddleware:
                 length = 0
             if length > settings.API_MAX_BODY_BYTES:
                 return JsonResponse(
-                    {"code": "request_too_large",
-                     "detail": f"The request body exceeds {settings.API_MAX_BODY_BYTES} bytes."},
+                    {
+                        "code": "request_too_large",
+                        "detail": f"The request body exceeds {settings.API_MAX_BODY_BYTES} bytes.",
+                    },
                     status=413,
                 )
         return self.get_response(request)

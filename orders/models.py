@@ -18,7 +18,9 @@ class Product(models.Model):
 
     class Meta:
         ordering = ["sku"]
-        constraints = [models.CheckConstraint(condition=Q(stock__gte=0), name="product_stock_gte_0")]
+        constraints = [
+            models.CheckConstraint(condition=Q(stock__gte=0), name="product_stock_gte_0")
+        ]
 
     def __str__(self) -> str:
         return f"{self.sku} ({self.name})"
@@ -42,9 +44,13 @@ CANCELLABLE_STATUSES = frozenset({OrderStatus.PENDING, OrderStatus.RESERVING, Or
 
 class Order(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders"
+    )
     email = models.EmailField(blank=True)  # where the customer's emails go, copied from the user
-    status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.PENDING)
+    status = models.CharField(
+        max_length=16, choices=OrderStatus.choices, default=OrderStatus.PENDING
+    )
     currency = models.CharField(max_length=3)
     total = models.DecimalField(max_digits=14, decimal_places=2)
     payment_token = models.CharField(max_length=100)
@@ -126,7 +132,9 @@ class Payment(models.Model):
     visible and compensation knows to ask the gateway what happened."""
 
     order = models.OneToOneField(Order, on_delete=models.CASCADE, related_name="payment")
-    status = models.CharField(max_length=16, choices=PaymentStatus.choices, default=PaymentStatus.PENDING)
+    status = models.CharField(
+        max_length=16, choices=PaymentStatus.choices, default=PaymentStatus.PENDING
+    )
     amount = models.DecimalField(max_digits=14, decimal_places=2)
     currency = models.CharField(max_length=3)
     # Sent with every charge attempt, so a retry after a timeout cannot charge twice.
@@ -167,7 +175,9 @@ class Notification(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["order", "kind"], name="notification_unique_kind")]
+        constraints = [
+            models.UniqueConstraint(fields=["order", "kind"], name="notification_unique_kind")
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} to {self.to}"
@@ -225,7 +235,9 @@ class IdempotencyKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_unique_user_key")]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_unique_user_key")
+        ]
 
     def __str__(self) -> str:
         return self.key

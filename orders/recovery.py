@@ -30,15 +30,25 @@ SWEEP_BATCH = 500
 EXPIRABLE = (OrderStatus.PENDING, OrderStatus.RESERVING, OrderStatus.PAYING, OrderStatus.SHIPPING)
 # The lock of the step an expiring order is in: failing it must not race that step's
 # provider call (a charge or a shipment in flight).
-STEP_TASK_OF_STATUS = {OrderStatus.PAYING: "orders.charge_payment", OrderStatus.SHIPPING: "orders.create_shipment"}
+STEP_TASK_OF_STATUS = {
+    OrderStatus.PAYING: "orders.charge_payment",
+    OrderStatus.SHIPPING: "orders.create_shipment",
+}
 
 
 def stalled_orders(*, now=None):
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.ORDER_STALL_SECONDS)
-    unfinished = Q(status__in=[s for s in OrderStatus.values if s not in
-                               (OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.CANCELLED)])
-    uncompensated = Q(status__in=[OrderStatus.FAILED, OrderStatus.CANCELLED], compensated_at__isnull=True)
+    unfinished = Q(
+        status__in=[
+            s
+            for s in OrderStatus.values
+            if s not in (OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.CANCELLED)
+        ]
+    )
+    uncompensated = Q(
+        status__in=[OrderStatus.FAILED, OrderStatus.CANCELLED], compensated_at__isnull=True
+    )
     return (
         Order.objects.filter(unfinished | uncompensated, updated_at__lt=cutoff)
         .annotate(last_event_at=Max("events__at"))
@@ -60,8 +70,12 @@ def sweep() -> dict:
             if order.status in EXPIRABLE and order.created_at < deadline:
                 expired += _expire(order)
                 continue
-            event_record(order=order, step=Step.RECOVERY, outcome=Outcome.RESUMED,
-                         detail=f"resumed at {order.status} after {idle}s without progress")
+            event_record(
+                order=order,
+                step=Step.RECOVERY,
+                outcome=Outcome.RESUMED,
+                detail=f"resumed at {order.status} after {idle}s without progress",
+            )
             workflow.resume(order=order)
             resumed += 1
     finally:

@@ -8,7 +8,6 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
-from django.utils import timezone
 
 from . import workflow
 from .errors import ApplicationError, Conflict
@@ -30,8 +29,12 @@ logger = logging.getLogger(__name__)
 MAX_TOTAL = Decimal("1e12")
 
 
-def event_record(*, order: Order, step: str, outcome: str, attempt: int = 1, detail: str = "") -> OrderEvent:
-    return OrderEvent.objects.create(order=order, step=step, outcome=outcome, attempt=attempt, detail=detail[:2000])
+def event_record(
+    *, order: Order, step: str, outcome: str, attempt: int = 1, detail: str = ""
+) -> OrderEvent:
+    return OrderEvent.objects.create(
+        order=order, step=step, outcome=outcome, attempt=attempt, detail=detail[:2000]
+    )
 
 
 def order_create(
@@ -52,8 +55,10 @@ def order_create(
         )
     total = sum((line["product"].price * line["quantity"] for line in lines), Decimal("0"))
     if total >= MAX_TOTAL:
-        raise ApplicationError("The order's total is larger than one order may be.",
-                               fields={"lines": [f"The total must stay below {MAX_TOTAL}."]})
+        raise ApplicationError(
+            "The order's total is larger than one order may be.",
+            fields={"lines": [f"The total must stay below {MAX_TOTAL}."]},
+        )
     with transaction.atomic():
         order = Order.objects.create(
             user=user,
@@ -69,12 +74,21 @@ def order_create(
             ship_country=shipping_address["country"],
         )
         OrderLine.objects.bulk_create(
-            OrderLine(order=order, product=line["product"], sku=line["product"].sku,
-                      quantity=line["quantity"], unit_price=line["product"].price)
+            OrderLine(
+                order=order,
+                product=line["product"],
+                sku=line["product"].sku,
+                quantity=line["quantity"],
+                unit_price=line["product"].price,
+            )
             for line in lines
         )
-        event_record(order=order, step=Step.ORDER, outcome=Outcome.CREATED,
-                     detail=f"{len(lines)} line(s), total {total} {order.currency}")
+        event_record(
+            order=order,
+            step=Step.ORDER,
+            outcome=Outcome.CREATED,
+            detail=f"{len(lines)} line(s), total {total} {order.currency}",
+        )
         order_id = order.id
         # robust: if the broker is down the order is still accepted; the recovery sweep
         # starts it once it has waited ORDER_STALL_SECONDS.
@@ -94,7 +108,9 @@ def _release_reservations(order: Order) -> int:
     return released
 
 
-def _end_order(*, order: Order, status: str, step: str, outcome: str, detail: str, attempt: int = 1) -> None:
+def _end_order(
+    *, order: Order, status: str, step: str, outcome: str, detail: str, attempt: int = 1
+) -> None:
     """Move a locked, non-terminal order to failed or cancelled and schedule compensation."""
     released = _release_reservations(order)
     order.status = status
@@ -119,8 +135,14 @@ def order_fail(*, order_id, reason: str, step: str = Step.ORDER, attempt: int = 
             # Whatever went wrong, the order completes (orders/steps.py send_confirmation).
             logger.error("order %s is shipped; not failing it (%s)", order_id, reason)
             return False
-        _end_order(order=order, status=OrderStatus.FAILED, step=step, outcome=Outcome.FAILED,
-                   detail=reason, attempt=attempt)
+        _end_order(
+            order=order,
+            status=OrderStatus.FAILED,
+            step=step,
+            outcome=Outcome.FAILED,
+            detail=reason,
+            attempt=attempt,
+        )
     logger.info("order %s failed: %s", order_id, reason)
     return True
 
@@ -136,6 +158,11 @@ def order_cancel(*, order: Order, reason: str = "cancelled by the customer") -> 
                 "exists or is being created.",
                 code="not_cancellable",
             )
-        _end_order(order=order, status=OrderStatus.CANCELLED, step=Step.ORDER,
-                   outcome=Outcome.CANCELLED, detail=reason)
+        _end_order(
+            order=order,
+            status=OrderStatus.CANCELLED,
+            step=Step.ORDER,
+            outcome=Outcome.CANCELLED,
+            detail=reason,
+        )
     return order

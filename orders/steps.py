@@ -69,13 +69,22 @@ def reserve_line(*, order_id, line_id: int, attempt: int) -> str:
         line.reservation = LineReservation.RESERVED if taken else LineReservation.OUT_OF_STOCK
         line.save(update_fields=["reservation"])
         if taken:
-            event_record(order=order, step=Step.RESERVE_STOCK, outcome=Outcome.SUCCEEDED,
-                         attempt=attempt, detail=f"reserved {line.quantity} x {line.sku}")
+            event_record(
+                order=order,
+                step=Step.RESERVE_STOCK,
+                outcome=Outcome.SUCCEEDED,
+                attempt=attempt,
+                detail=f"reserved {line.quantity} x {line.sku}",
+            )
         else:
             # In the same transaction as the line's state, so that no crash can leave an
             # out-of-stock line in an order that goes on; failing releases the other lines.
-            order_fail(order_id=order_id, step=Step.RESERVE_STOCK, attempt=attempt,
-                       reason=f"out of stock: {line.sku} (wanted {line.quantity})")
+            order_fail(
+                order_id=order_id,
+                step=Step.RESERVE_STOCK,
+                attempt=attempt,
+                reason=f"out of stock: {line.sku} (wanted {line.quantity})",
+            )
     return line.reservation
 
 
@@ -95,8 +104,11 @@ def charge_payment(*, order_id, attempt: int) -> None:
             return
         payment, _ = Payment.objects.get_or_create(
             order=order,
-            defaults={"amount": order.total, "currency": order.currency,
-                      "idempotency_key": f"order-{order.id}-charge"},
+            defaults={
+                "amount": order.total,
+                "currency": order.currency,
+                "idempotency_key": f"order-{order.id}-charge",
+            },
         )
         if payment.status == PaymentStatus.CAPTURED:  # charged by an earlier run that died
             order.status = OrderStatus.SHIPPING
@@ -109,11 +121,19 @@ def charge_payment(*, order_id, attempt: int) -> None:
     # gateway charges once, even when a timeout hid its first answer.
     try:
         result = get_payment_gateway().charge(
-            order_id=str(order.id), amount=payment.amount, currency=payment.currency,
-            token=order.payment_token, idempotency_key=payment.idempotency_key,
+            order_id=str(order.id),
+            amount=payment.amount,
+            currency=payment.currency,
+            token=order.payment_token,
+            idempotency_key=payment.idempotency_key,
         )
     except PermanentError as exc:
-        order_fail(order_id=order_id, step=Step.CHARGE_PAYMENT, attempt=attempt, reason=f"payment error: {exc}")
+        order_fail(
+            order_id=order_id,
+            step=Step.CHARGE_PAYMENT,
+            attempt=attempt,
+            reason=f"payment error: {exc}",
+        )
         return
 
     with transaction.atomic():
@@ -122,8 +142,12 @@ def charge_payment(*, order_id, attempt: int) -> None:
         if not result.captured:
             payment.status = PaymentStatus.DECLINED
             payment.save(update_fields=["status", "updated_at"])
-            order_fail(order_id=order_id, step=Step.CHARGE_PAYMENT, attempt=attempt,
-                       reason=f"payment declined ({result.decline_code})")
+            order_fail(
+                order_id=order_id,
+                step=Step.CHARGE_PAYMENT,
+                attempt=attempt,
+                reason=f"payment declined ({result.decline_code})",
+            )
             return
         payment.status, payment.charge_id = PaymentStatus.CAPTURED, result.charge_id
         payment.save(update_fields=["status", "charge_id", "updated_at"])
@@ -138,8 +162,13 @@ def charge_payment(*, order_id, attempt: int) -> None:
             Order.objects.filter(pk=order.pk).update(compensated_at=None)
             transaction.on_commit(lambda: compensate_later(order_id=order_id), robust=True)
             detail = f"captured {result.charge_id} after the order became {order.status}; it will be refunded"
-        event_record(order=order, step=Step.CHARGE_PAYMENT, outcome=Outcome.SUCCEEDED, attempt=attempt,
-                     detail=detail)
+        event_record(
+            order=order,
+            step=Step.CHARGE_PAYMENT,
+            outcome=Outcome.SUCCEEDED,
+            attempt=attempt,
+            detail=detail,
+        )
 
 
 # --- 3. Create the shipment -----------------------------------------------------------------------
@@ -150,12 +179,17 @@ def create_shipment(*, order_id, attempt: int) -> None:
         return
     try:
         result = get_carrier().create_shipment(
-            order_id=str(order.id), address=order.shipping_address,
+            order_id=str(order.id),
+            address=order.shipping_address,
             idempotency_key=f"order-{order.id}-shipment",
         )
     except PermanentError as exc:
-        order_fail(order_id=order_id, step=Step.CREATE_SHIPMENT, attempt=attempt,
-                   reason=f"the carrier rejected the shipment: {exc}")
+        order_fail(
+            order_id=order_id,
+            step=Step.CREATE_SHIPMENT,
+            attempt=attempt,
+            reason=f"the carrier rejected the shipment: {exc}",
+        )
         return
     with transaction.atomic():
         order = _locked(order_id)
@@ -164,13 +198,21 @@ def create_shipment(*, order_id, attempt: int) -> None:
             return
         Shipment.objects.get_or_create(
             order=order,
-            defaults={"carrier": result.carrier, "tracking_number": result.tracking_number,
-                      "carrier_reference": result.reference},
+            defaults={
+                "carrier": result.carrier,
+                "tracking_number": result.tracking_number,
+                "carrier_reference": result.reference,
+            },
         )
         order.status = OrderStatus.CONFIRMING
         order.save(update_fields=["status", "updated_at"])
-        event_record(order=order, step=Step.CREATE_SHIPMENT, outcome=Outcome.SUCCEEDED, attempt=attempt,
-                     detail=f"{result.carrier} {result.tracking_number}")
+        event_record(
+            order=order,
+            step=Step.CREATE_SHIPMENT,
+            outcome=Outcome.SUCCEEDED,
+            attempt=attempt,
+            detail=f"{result.carrier} {result.tracking_number}",
+        )
 
 
 # --- 4. Confirm by email ------------------------------------------------------------------------------
@@ -194,16 +236,27 @@ EMAILS = {
 def notification_send(*, order: Order, kind: str, step: str, attempt: int) -> bool:
     """Send the order's email of this kind at most once (one Notification row per kind).
     Returns False if it had been sent before."""
-    notification, _ = Notification.objects.get_or_create(order=order, kind=kind, defaults={"to": order.email})
+    notification, _ = Notification.objects.get_or_create(
+        order=order, kind=kind, defaults={"to": order.email}
+    )
     if notification.sent_at:
         return False
     if notification.to:
         shipment = Shipment.objects.filter(order=order).first()
         subject, body = EMAILS[kind]
-        values = {"id": order.id, "total": order.total, "currency": order.currency,
-                  "tracking": shipment.tracking_number if shipment else "-", "reason": order.failure_reason}
-        send_email(to=notification.to, subject=subject.format(**values), body=body.format(**values),
-                   message_id=f"<{order.id}.{kind}@orders.invalid>")
+        values = {
+            "id": order.id,
+            "total": order.total,
+            "currency": order.currency,
+            "tracking": shipment.tracking_number if shipment else "-",
+            "reason": order.failure_reason,
+        }
+        send_email(
+            to=notification.to,
+            subject=subject.format(**values),
+            body=body.format(**values),
+            message_id=f"<{order.id}.{kind}@orders.invalid>",
+        )
         detail = f"{kind} email sent to {notification.to}"
     else:
         detail = f"{kind} email not sent: the customer has no email address"
@@ -218,12 +271,21 @@ def send_confirmation(*, order_id, attempt: int) -> None:
         _skip(order, Step.SEND_CONFIRMATION_EMAIL, attempt, f"order is {order.status}")
         return
     try:
-        notification_send(order=order, kind=NotificationKind.CONFIRMATION,
-                          step=Step.SEND_CONFIRMATION_EMAIL, attempt=attempt)
+        notification_send(
+            order=order,
+            kind=NotificationKind.CONFIRMATION,
+            step=Step.SEND_CONFIRMATION_EMAIL,
+            attempt=attempt,
+        )
     except PermanentError as exc:
         # The goods are on their way; a bad address does not undo the order.
-        event_record(order=order, step=Step.SEND_CONFIRMATION_EMAIL, outcome=Outcome.FAILED,
-                     attempt=attempt, detail=str(exc))
+        event_record(
+            order=order,
+            step=Step.SEND_CONFIRMATION_EMAIL,
+            outcome=Outcome.FAILED,
+            attempt=attempt,
+            detail=str(exc),
+        )
     order_complete(order_id=order_id, attempt=attempt)
 
 
@@ -234,7 +296,9 @@ def order_complete(*, order_id, attempt: int, detail: str = "order completed") -
             return
         order.status = OrderStatus.COMPLETED
         order.save(update_fields=["status", "updated_at"])
-        event_record(order=order, step=Step.ORDER, outcome=Outcome.SUCCEEDED, attempt=attempt, detail=detail)
+        event_record(
+            order=order, step=Step.ORDER, outcome=Outcome.SUCCEEDED, attempt=attempt, detail=detail
+        )
 
 
 # --- Compensation: refund, tell the customer ---------------------------------------------------------
@@ -248,11 +312,21 @@ def compensate(*, order_id, attempt: int) -> None:
     payment = Payment.objects.filter(order=order).first()
     if payment and payment.status in (PaymentStatus.PENDING, PaymentStatus.CAPTURED):
         _refund_captured_charges(order=order, payment=payment, attempt=attempt)
-    kind = NotificationKind.FAILURE if order.status == OrderStatus.FAILED else NotificationKind.CANCELLATION
+    kind = (
+        NotificationKind.FAILURE
+        if order.status == OrderStatus.FAILED
+        else NotificationKind.CANCELLATION
+    )
     try:
         notification_send(order=order, kind=kind, step=Step.COMPENSATE, attempt=attempt)
     except PermanentError as exc:
-        event_record(order=order, step=Step.COMPENSATE, outcome=Outcome.FAILED, attempt=attempt, detail=str(exc))
+        event_record(
+            order=order,
+            step=Step.COMPENSATE,
+            outcome=Outcome.FAILED,
+            attempt=attempt,
+            detail=str(exc),
+        )
     Order.objects.filter(pk=order.pk).update(compensated_at=timezone.now())
 
 
@@ -263,12 +337,20 @@ def _refund_captured_charges(*, order: Order, payment: Payment, attempt: int) ->
     refunded = []
     for charge in gateway.list_charges(order_id=str(order.id)):
         if charge.status == "captured" and not charge.refunded:
-            refund = gateway.refund(charge_id=charge.charge_id, idempotency_key=f"refund-{charge.charge_id}")
+            refund = gateway.refund(
+                charge_id=charge.charge_id, idempotency_key=f"refund-{charge.charge_id}"
+            )
             refunded.append(refund)
         elif charge.status == "captured":
             refunded.append(charge)
     payment.status = PaymentStatus.REFUNDED if refunded else PaymentStatus.NOT_CHARGED
     payment.refund_id = getattr(refunded[0], "refund_id", "") if refunded else ""
     payment.save(update_fields=["status", "refund_id", "updated_at"])
-    detail = (f"refunded {payment.amount} {payment.currency}" if refunded else "no captured charge to refund")
-    event_record(order=order, step=Step.COMPENSATE, outcome=Outcome.SUCCEEDED, attempt=attempt, detail=detail)
+    detail = (
+        f"refunded {payment.amount} {payment.currency}"
+        if refunded
+        else "no captured charge to refund"
+    )
+    event_record(
+        order=order, step=Step.COMPENSATE, outcome=Outcome.SUCCEEDED, attempt=attempt, detail=detail
+    )

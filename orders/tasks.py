@@ -22,8 +22,14 @@ logger = logging.getLogger(__name__)
 
 # What a retry may cure: a provider's timeout or 5xx, a step that ran too long, the database
 # or Redis restarting under us, a chord callback that came before its header finished.
-TRANSIENT_ERRORS = (TransientError, SoftTimeLimitExceeded, OperationalError, InterfaceError,
-                    RedisError, StepNotReady)
+TRANSIENT_ERRORS = (
+    TransientError,
+    SoftTimeLimitExceeded,
+    OperationalError,
+    InterfaceError,
+    RedisError,
+    StepNotReady,
+)
 
 
 class OrderStepTask(UniqueStepTask):
@@ -37,7 +43,9 @@ class OrderStepTask(UniqueStepTask):
     def _event(self, order_id, outcome: str, detail: str) -> None:
         order = Order.objects.filter(pk=order_id).first()
         if order is not None:
-            event_record(order=order, step=self.step, outcome=outcome, attempt=self.attempt, detail=detail)
+            event_record(
+                order=order, step=self.step, outcome=outcome, attempt=self.attempt, detail=detail
+            )
 
     def on_lock_busy(self, kwargs: dict) -> None:
         self._event(kwargs["order_id"], Outcome.BUSY, "another copy of this step is running")
@@ -54,13 +62,21 @@ class OrderStepTask(UniqueStepTask):
             # Celery could not publish what follows the step (the chain's next task) because
             # the broker was unreachable: the step did its work and the order is fine. It has
             # no message to go on with now, so the recovery sweep resumes it.
-            logger.warning("%s: order %s is done with this step, but its next step could not be "
-                           "queued (%r); the recovery sweep resumes it", self.name, order_id, exc)
+            logger.warning(
+                "%s: order %s is done with this step, but its next step could not be "
+                "queued (%r); the recovery sweep resumes it",
+                self.name,
+                order_id,
+                exc,
+            )
             return
         logger.error("%s gave up on order %s: %r", self.name, order_id, exc)
         try:
-            self.give_up(order_id, f"{self.step} gave up after {self.attempt} attempt(s): "
-                                   f"{exc.__class__.__name__}: {exc}")
+            self.give_up(
+                order_id,
+                f"{self.step} gave up after {self.attempt} attempt(s): "
+                f"{exc.__class__.__name__}: {exc}",
+            )
         except Exception:  # the sweep will find the order; the original error is what matters
             logger.exception("could not record the failure of order %s", order_id)
 
@@ -88,8 +104,12 @@ class ReserveTask(OrderStepTask):
 
 
 # The only task whose result is stored: the chord counts its header's results.
-@shared_task(name="orders.reserve_stock", step=Step.RESERVE_STOCK, ignore_result=False,
-             **{**STEP_OPTIONS, "base": ReserveTask})
+@shared_task(
+    name="orders.reserve_stock",
+    step=Step.RESERVE_STOCK,
+    ignore_result=False,
+    **{**STEP_OPTIONS, "base": ReserveTask},
+)
 def reserve_stock(self, *, order_id: str, line_id: int) -> str:
     return steps.reserve_line(order_id=order_id, line_id=line_id, attempt=self.attempt)
 
@@ -111,12 +131,18 @@ class ConfirmationTask(OrderStepTask):
 
     def give_up(self, order_id, reason: str) -> None:
         # The shipment exists: the order is fulfilled even if its email never leaves.
-        steps.order_complete(order_id=order_id, attempt=self.attempt,
-                             detail=f"completed without a confirmation email: {reason}")
+        steps.order_complete(
+            order_id=order_id,
+            attempt=self.attempt,
+            detail=f"completed without a confirmation email: {reason}",
+        )
 
 
-@shared_task(name="orders.send_confirmation_email", step=Step.SEND_CONFIRMATION_EMAIL,
-             **{**STEP_OPTIONS, "base": ConfirmationTask})
+@shared_task(
+    name="orders.send_confirmation_email",
+    step=Step.SEND_CONFIRMATION_EMAIL,
+    **{**STEP_OPTIONS, "base": ConfirmationTask},
+)
 def send_confirmation_email(self, *, order_id: str) -> None:
     steps.send_confirmation(order_id=order_id, attempt=self.attempt)
 
@@ -133,8 +159,11 @@ class CompensationTask(OrderStepTask):
         self._event(order_id, Outcome.FAILED, reason)
 
 
-@shared_task(name="orders.compensate_order", step=Step.COMPENSATE,
-             **{**STEP_OPTIONS, "base": CompensationTask})
+@shared_task(
+    name="orders.compensate_order",
+    step=Step.COMPENSATE,
+    **{**STEP_OPTIONS, "base": CompensationTask},
+)
 def compensate_order(self, *, order_id: str) -> None:
     steps.compensate(order_id=order_id, attempt=self.attempt)
 

@@ -19,7 +19,9 @@ def metrics(request: HttpRequest) -> HttpResponse:
     reports the same numbers."""
     registry = CollectorRegistry()
     gauge = Gauge("orders_by_status", "Orders in each status", ["status"], registry=registry)
-    counts = dict(Order.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+    counts = dict(
+        Order.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n")
+    )
     for status in Order._meta.get_field("status").choices:
         gauge.labels(status=status[0]).set(counts.get(status[0], 0))
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

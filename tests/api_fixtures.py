@@ -8,7 +8,9 @@ from orders.models import IdempotencyKey, Order, OrderEvent, OrderLine, Payment,
 def db_state() -> dict:
     """Everything a request could have changed: compare before and after an attack."""
     return {
-        "orders": list(Order.objects.order_by("pk").values_list("pk", "status", "total", "user_id")),
+        "orders": list(
+            Order.objects.order_by("pk").values_list("pk", "status", "total", "user_id")
+        ),
         "lines": OrderLine.objects.count(),
         "events": OrderEvent.objects.count(),
         "payments": Payment.objects.count(),

@@ -22,7 +22,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orders", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=4, help="worker processes")
-    parser.add_argument("--reuse-max", type=int, default=200, help="CELERY_DB_REUSE_MAX (0: reconnect per task)")
+    parser.add_argument(
+        "--reuse-max", type=int, default=200, help="CELERY_DB_REUSE_MAX (0: reconnect per task)"
+    )
     args = parser.parse_args()
 
     from tests.services import ensure_services, free_port
@@ -30,10 +32,16 @@ def main() -> None:
     ensure_services()
     port = free_port()
     # Production-like: persistent connections (CONN_MAX_AGE) and DEBUG off; the sandbox on.
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.local", "DJANGO_DEBUG": "false",
-           "DATABASE_URL": BENCH_DB,
-           "REDIS_URL": BENCH_REDIS, "SANDBOX_URL": f"http://127.0.0.1:{port}/sandbox/",
-           "CELERY_DB_REUSE_MAX": str(args.reuse_max), "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.local",
+        "DJANGO_DEBUG": "false",
+        "DATABASE_URL": BENCH_DB,
+        "REDIS_URL": BENCH_REDIS,
+        "SANDBOX_URL": f"http://127.0.0.1:{port}/sandbox/",
+        "CELERY_DB_REUSE_MAX": str(args.reuse_max),
+        "LOG_LEVEL": "WARNING",
+    }
     os.environ.update(env)
     _create_database(BENCH_DB)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], env=env, check=True)
@@ -48,11 +56,37 @@ def main() -> None:
 
     bin_dir = os.path.dirname(sys.executable)
     procs = [
-        subprocess.Popen([f"{bin_dir}/gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-k", "gthread",
-                          "--threads", "8", "--log-level", "warning"], env=env),
-        subprocess.Popen([f"{bin_dir}/celery", "-A", "config", "worker", "-c", str(args.concurrency),
-                          "--loglevel", "WARNING", "-n", "bench@%h"], env=env,
-                         stdout=subprocess.DEVNULL),  # the console email backend prints every email
+        subprocess.Popen(
+            [
+                f"{bin_dir}/gunicorn",
+                "config.wsgi",
+                "-b",
+                f"127.0.0.1:{port}",
+                "-k",
+                "gthread",
+                "--threads",
+                "8",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+        ),
+        subprocess.Popen(
+            [
+                f"{bin_dir}/celery",
+                "-A",
+                "config",
+                "worker",
+                "-c",
+                str(args.concurrency),
+                "--loglevel",
+                "WARNING",
+                "-n",
+                "bench@%h",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        ),  # the console email backend prints every email
     ]
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -79,11 +113,14 @@ def _seed():
 
     from orders.models import Product
 
-    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"email": "bench@example.com"})
+    user, _ = get_user_model().objects.get_or_create(
+        username="bench", defaults={"email": "bench@example.com"}
+    )
     products = []
     for sku in ("BENCH-A", "BENCH-B"):
         product, _ = Product.objects.update_or_create(
-            sku=sku, defaults={"name": sku, "price": "5.00", "stock": 10**9, "is_active": True})
+            sku=sku, defaults={"name": sku, "price": "5.00", "stock": 10**9, "is_active": True}
+        )
         product.refresh_from_db()  # price back as a Decimal
         products.append(product)
     return user, products
@@ -103,11 +140,21 @@ def _run(user, products, args) -> None:
     from orders.models import Order
     from orders.services import order_create
 
-    address = {"name": "Bench", "line1": "1 St", "city": "X", "postal_code": "10115", "country": "DE"}
+    address = {
+        "name": "Bench",
+        "line1": "1 St",
+        "city": "X",
+        "postal_code": "10115",
+        "country": "DE",
+    }
     start = time.monotonic()
     ids = [
-        order_create(user=user, lines=[{"product": p, "quantity": 1} for p in products],
-                     shipping_address=address, payment_token="tok_ok").id
+        order_create(
+            user=user,
+            lines=[{"product": p, "quantity": 1} for p in products],
+            shipping_address=address,
+            payment_token="tok_ok",
+        ).id
         for _ in range(args.orders)
     ]
     created = time.monotonic()
@@ -118,10 +165,14 @@ def _run(user, products, args) -> None:
         time.sleep(POLL_SECONDS)
     done = time.monotonic()
     completed = Order.objects.filter(pk__in=ids, status="completed").count()
-    print(f"orders: {args.orders}, completed: {completed}, worker processes: {args.concurrency}, "
-          f"CELERY_DB_REUSE_MAX: {args.reuse_max}")
-    print(f"created in {created - start:.1f}s; all terminal after {done - start:.1f}s: "
-          f"{args.orders / (done - start):.1f} orders/s end to end")
+    print(
+        f"orders: {args.orders}, completed: {completed}, worker processes: {args.concurrency}, "
+        f"CELERY_DB_REUSE_MAX: {args.reuse_max}"
+    )
+    print(
+        f"created in {created - start:.1f}s; all terminal after {done - start:.1f}s: "
+        f"{args.orders / (done - start):.1f} orders/s end to end"
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@ import time
 
 import pytest
 import requests
-from django.conf import settings as django_settings
 
 from tests.services import ensure_services
 
@@ -61,8 +60,14 @@ def pipeline_worker(celery_session_app, django_db_blocker):
     from celery.contrib.testing.worker import start_worker
 
     with django_db_blocker.unblock():
-        with start_worker(celery_session_app, pool="threads", concurrency=4, perform_ping_check=False,
-                          loglevel="WARNING", shutdown_timeout=30) as worker:
+        with start_worker(
+            celery_session_app,
+            pool="threads",
+            concurrency=4,
+            perform_ping_check=False,
+            loglevel="WARNING",
+            shutdown_timeout=30,
+        ) as worker:
             yield worker
         _close_other_connections()
 
@@ -74,8 +79,10 @@ def _close_other_connections() -> None:
 
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture
@@ -100,8 +107,13 @@ def live_api(pipeline, token):
     return session
 
 
-def wait_for_order(order_id, *, statuses=("completed", "failed", "cancelled"), timeout: float = 30.0,
-                   compensated: bool = True):
+def wait_for_order(
+    order_id,
+    *,
+    statuses=("completed", "failed", "cancelled"),
+    timeout: float = 30.0,
+    compensated: bool = True,
+):
     """Poll the database until the order reaches one of `statuses` (and, for failed or
     cancelled orders, until its compensation has run). Returns the order."""
     from orders.models import Order
@@ -116,7 +128,9 @@ def wait_for_order(order_id, *, statuses=("completed", "failed", "cancelled"), t
             return order
         if time.monotonic() > deadline:
             events = list(order.events.values_list("step", "outcome", "detail"))
-            raise AssertionError(f"order {order_id} is {order.status} after {timeout}s; timeline: {events}")
+            raise AssertionError(
+                f"order {order_id} is {order.status} after {timeout}s; timeline: {events}"
+            )
         time.sleep(0.1)
 
 
@@ -125,8 +139,9 @@ def ledger(sandbox):
     """The sandbox gateway's ledger, read over HTTP as a client of the gateway would."""
 
     def charges(order_id) -> list[dict]:
-        response = requests.get(f"{sandbox.url}/sandbox/payments/charges/", params={"order": str(order_id)},
-                                timeout=5)
+        response = requests.get(
+            f"{sandbox.url}/sandbox/payments/charges/", params={"order": str(order_id)}, timeout=5
+        )
         response.raise_for_status()
         return response.json()["results"]
 

@@ -35,11 +35,18 @@ class ProductFactory(factory.django.DjangoModelFactory):
     stock = 100
 
 
-def order_payload(*lines: tuple[str, int], token: str = "tok_ok", postal_code: str = "10115", **extra) -> dict:
+def order_payload(
+    *lines: tuple[str, int], token: str = "tok_ok", postal_code: str = "10115", **extra
+) -> dict:
     return {
         "lines": [{"sku": sku, "quantity": qty} for sku, qty in lines],
-        "shipping_address": {"name": "Ada Lovelace", "line1": "1 Main St", "city": "Berlin",
-                             "postal_code": postal_code, "country": "DE"},
+        "shipping_address": {
+            "name": "Ada Lovelace",
+            "line1": "1 Main St",
+            "city": "Berlin",
+            "postal_code": postal_code,
+            "country": "DE",
+        },
         "payment_token": token,
         **extra,
     }

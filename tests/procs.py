@@ -40,18 +40,42 @@ HOST = "127.0.0.1"
 
 # Settings read from the environment that the harness decides for its children; whatever the
 # test runner's own environment says about them must not leak into the processes.
-_OWN_PREFIXES = ("DJANGO_", "DATABASE_", "CELERY_", "EMAIL_", "SANDBOX_", "PROVIDER_", "TASK_",
-                 "ORDER_", "THROTTLE_", "IDEMPOTENCY_", "SENTRY_")
-_OWN_NAMES = {"REDIS_URL", "LOCK_REDIS_URL", "TEST_DATABASE_NAME", "PAYMENT_GATEWAY", "SHIPPING_CARRIER",
-              "API_MAX_BODY_BYTES", "DEFAULT_FROM_EMAIL", "LOG_LEVEL"}
+_OWN_PREFIXES = (
+    "DJANGO_",
+    "DATABASE_",
+    "CELERY_",
+    "EMAIL_",
+    "SANDBOX_",
+    "PROVIDER_",
+    "TASK_",
+    "ORDER_",
+    "THROTTLE_",
+    "IDEMPOTENCY_",
+    "SENTRY_",
+)
+_OWN_NAMES = {
+    "REDIS_URL",
+    "LOCK_REDIS_URL",
+    "TEST_DATABASE_NAME",
+    "PAYMENT_GATEWAY",
+    "SHIPPING_CARRIER",
+    "API_MAX_BODY_BYTES",
+    "DEFAULT_FROM_EMAIL",
+    "LOG_LEVEL",
+}
 
 
 class ProcessFailed(RuntimeError):
     """A child process exited or did not become ready in time."""
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1,
-             what: str = "condition"):
+def wait_for(
+    predicate: Callable[[], object],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "condition",
+):
     """Poll `predicate` until it returns something truthy (returned), at most `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -74,7 +98,7 @@ def _group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         if fields[0] != "Z" and int(fields[2]) == pgid:
             members.append(int(entry))
     return members
@@ -89,7 +113,7 @@ def children_of(pid: int) -> list[int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if int(stat[stat.rfind(")") + 2:].split()[1]) == pid:
+            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
                 found.append(int(entry))
     return found
 
@@ -109,8 +133,15 @@ class Proc:
         with open(self.log_path, "ab") as log:
             log.write(f"--- start: {' '.join(self.argv)}\n".encode())
             log.flush()
-            self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -135,7 +166,9 @@ class Proc:
         deadline = time.monotonic() + timeout
         while not ready():
             if not self.alive:
-                raise ProcessFailed(f"{self.name} exited with code {self.popen.returncode}:\n{self.tail()}")
+                raise ProcessFailed(
+                    f"{self.name} exited with code {self.popen.returncode}:\n{self.tail()}"
+                )
             if time.monotonic() > deadline:
                 raise ProcessFailed(f"{self.name} not ready after {timeout}s:\n{self.tail()}")
             time.sleep(0.1)
@@ -176,14 +209,30 @@ class RedisServer:
 
     def _ping(self) -> bool:
         try:
-            return bool(redis.Redis(host=HOST, port=self.port, socket_timeout=1,
-                                    socket_connect_timeout=1).ping())
+            return bool(
+                redis.Redis(
+                    host=HOST, port=self.port, socket_timeout=1, socket_connect_timeout=1
+                ).ping()
+            )
         except redis.RedisError:
             return False
 
     def start(self) -> None:
-        argv = ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
-                "--daemonize", "no", "--dir", str(self.log_dir)]
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.log_dir),
+        ]
         self.proc = Proc("redis", argv, env=dict(os.environ), log_dir=self.log_dir).start()
         self.proc.wait_ready(self._ping, timeout=15)
 
@@ -264,20 +313,25 @@ class Stack:
         return f"http://{HOST}:{self.web_port}"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in _OWN_NAMES and not k.startswith(_OWN_PREFIXES)}
-        env.update({
-            "DJANGO_SETTINGS_MODULE": "config.settings.test",
-            "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{self.db_name}?application_name={self.app_name}",
-            "REDIS_URL": self.redis.url,
-            "SANDBOX_URL": f"{self.web_url}/sandbox/",
-            "EMAIL_HOST": HOST,
-            "EMAIL_PORT": str(self.smtp.port),
-            "PYTHONUNBUFFERED": "1",
-            # Many orders from few users: the API's throttle is not what these tests are about.
-            "THROTTLE_ORDER_CREATE_RATE": "100000/min",
-            "THROTTLE_AUTH_TOKEN_RATE": "1000/min",
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in _OWN_NAMES and not k.startswith(_OWN_PREFIXES)
+        }
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "config.settings.test",
+                "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{self.db_name}?application_name={self.app_name}",
+                "REDIS_URL": self.redis.url,
+                "SANDBOX_URL": f"{self.web_url}/sandbox/",
+                "EMAIL_HOST": HOST,
+                "EMAIL_PORT": str(self.smtp.port),
+                "PYTHONUNBUFFERED": "1",
+                # Many orders from few users: the API's throttle is not what these tests are about.
+                "THROTTLE_ORDER_CREATE_RATE": "100000/min",
+                "THROTTLE_AUTH_TOKEN_RATE": "1000/min",
+            }
+        )
         env.update(self.overrides)
         return env
 
@@ -289,10 +343,26 @@ class Stack:
     def _web_proc(self, *, workers: int, threads: int) -> Proc:
         # gthread: a slow sandbox answer (tok_timeout_after_success sleeps) holds one thread,
         # not a whole worker.
-        argv = [str(BIN / "gunicorn"), "config.wsgi:application", "--bind", f"{HOST}:{self.web_port}",
-                "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
-                "--timeout", "60", "--graceful-timeout", "5", "--log-level", "warning",
-                "--access-logfile", str(self.access_log)]
+        argv = [
+            str(BIN / "gunicorn"),
+            "config.wsgi:application",
+            "--bind",
+            f"{HOST}:{self.web_port}",
+            "--worker-class",
+            "gthread",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--timeout",
+            "60",
+            "--graceful-timeout",
+            "5",
+            "--log-level",
+            "warning",
+            "--access-logfile",
+            str(self.access_log),
+        ]
         return Proc("web", argv, env=self.env(), log_dir=self.log_dir)
 
     def requests_to(self, method: str, path: str) -> int:
@@ -313,8 +383,20 @@ class Stack:
     def _worker_proc(self, *, concurrency: int) -> Proc:
         self._worker_seq += 1
         name = f"w{self._worker_seq}"
-        argv = [str(BIN / "celery"), "-A", "config", "worker", "--pool", "prefork", "-c", str(concurrency),
-                "-n", f"{name}@%h", "--loglevel", "INFO"]
+        argv = [
+            str(BIN / "celery"),
+            "-A",
+            "config",
+            "worker",
+            "--pool",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "--loglevel",
+            "INFO",
+        ]
         proc = Proc(name, argv, env=self.env(), log_dir=self.log_dir)
         proc.nodename = f"{name}@{socket.gethostname()}"
         return proc
@@ -323,8 +405,16 @@ class Stack:
     def _worker_ready(proc: Proc) -> Callable[[], bool]:
         return lambda: f"{proc.nodename} ready." in proc.log()
 
-    def start(self, *, workers: int = 1, concurrency: int = 2, beat: bool = False, web_workers: int = 2,
-              web_threads: int = 8, timeout: float = 60) -> Stack:
+    def start(
+        self,
+        *,
+        workers: int = 1,
+        concurrency: int = 2,
+        beat: bool = False,
+        web_workers: int = 2,
+        web_threads: int = 8,
+        timeout: float = 60,
+    ) -> Stack:
         """Start Redis and SMTP, then the web server, workers and beat side by side, and wait
         until each is ready."""
         self.redis.start()
@@ -333,9 +423,21 @@ class Stack:
         started = [self._worker_proc(concurrency=concurrency).start() for _ in range(workers)]
         self.workers.extend(started)
         if beat:
-            self.beat = Proc("beat", [str(BIN / "celery"), "-A", "config", "beat", "--loglevel", "INFO",
-                                      "--schedule", str(self.log_dir / "beat-schedule")],
-                             env=self.env(), log_dir=self.log_dir).start()
+            self.beat = Proc(
+                "beat",
+                [
+                    str(BIN / "celery"),
+                    "-A",
+                    "config",
+                    "beat",
+                    "--loglevel",
+                    "INFO",
+                    "--schedule",
+                    str(self.log_dir / "beat-schedule"),
+                ],
+                env=self.env(),
+                log_dir=self.log_dir,
+            ).start()
         self.web.wait_ready(self._web_ready, timeout=timeout)
         for proc in started:
             proc.wait_ready(self._worker_ready(proc), timeout=timeout)
@@ -377,15 +479,21 @@ class Stack:
         if self._client is None:
             from celery import Celery
 
-            self._client = Celery(f"client-{self.app_name}", broker=self.redis.url, set_as_current=False)
-            self._client.conf.update(broker_connection_retry_on_startup=True, task_ignore_result=True)
+            self._client = Celery(
+                f"client-{self.app_name}", broker=self.redis.url, set_as_current=False
+            )
+            self._client.conf.update(
+                broker_connection_retry_on_startup=True, task_ignore_result=True
+            )
         return self._client
 
     def active_tasks(self, proc: Proc, *, timeout: float = 1.0) -> list[dict]:
         """The tasks a worker runs now, each with the pid of the pool process running it."""
         for attempt in range(2):
             try:
-                replies = self.celery.control.inspect(destination=[proc.nodename], timeout=timeout).active()
+                replies = self.celery.control.inspect(
+                    destination=[proc.nodename], timeout=timeout
+                ).active()
                 return (replies or {}).get(proc.nodename, [])
             except (redis.RedisError, OSError):
                 if attempt:
@@ -406,13 +514,19 @@ class Stack:
                     raise
                 self._client.close()
                 self._client = None
-        counts = [(len(replies.get(proc.nodename) or []), proc) for proc in self.workers if proc.alive]
+        counts = [
+            (len(replies.get(proc.nodename) or []), proc) for proc in self.workers if proc.alive
+        ]
         running, proc = max(counts, key=lambda c: c[0], default=(0, None))
         return proc, running
 
     def logs(self) -> str:
-        procs = ([p for p in (self.redis.proc, self.web, self.beat) if p] + self.workers + self.killed_workers
-                 + self.crashed_workers)
+        procs = (
+            [p for p in (self.redis.proc, self.web, self.beat) if p]
+            + self.workers
+            + self.killed_workers
+            + self.crashed_workers
+        )
         return "\n".join(f"===== {p.name} ({p.log_path})\n{p.tail(15)}" for p in procs)
 
     # --- teardown --------------------------------------------------------------------------
@@ -440,8 +554,11 @@ def _close_connections(application_name: str) -> None:
 
     with connection.cursor() as cursor:
         for _ in range(50):
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE application_name = %s AND pid <> pg_backend_pid()", [application_name])
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                [application_name],
+            )
             if not cursor.fetchall():
                 return
             time.sleep(0.1)
@@ -454,13 +571,21 @@ def timing_errors_under(env: dict[str, str]) -> list[str]:
 
     from orders.checks import timing_errors
 
-    names = {"PROVIDER_TIMEOUT_SECONDS": float, "CELERY_TASK_SOFT_TIME_LIMIT": int,
-             "CELERY_TASK_TIME_LIMIT": int, "TASK_LOCK_TIMEOUT": int, "TASK_RETRY_BACKOFF_MAX": int,
-             "ORDER_STALL_SECONDS": int, "ORDER_DEADLINE_SECONDS": int}
+    names = {
+        "PROVIDER_TIMEOUT_SECONDS": float,
+        "CELERY_TASK_SOFT_TIME_LIMIT": int,
+        "CELERY_TASK_TIME_LIMIT": int,
+        "TASK_LOCK_TIMEOUT": int,
+        "TASK_RETRY_BACKOFF_MAX": int,
+        "ORDER_STALL_SECONDS": int,
+        "ORDER_DEADLINE_SECONDS": int,
+    }
     overrides = {name: cast(env[name]) for name, cast in names.items() if name in env}
     if "CELERY_VISIBILITY_TIMEOUT" in env:
-        overrides["CELERY_BROKER_TRANSPORT_OPTIONS"] = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS,
-                                                        "visibility_timeout": int(env["CELERY_VISIBILITY_TIMEOUT"])}
+        overrides["CELERY_BROKER_TRANSPORT_OPTIONS"] = {
+            **settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+            "visibility_timeout": int(env["CELERY_VISIBILITY_TIMEOUT"]),
+        }
     with override_settings(**overrides):
         return timing_errors()
 
@@ -509,14 +634,20 @@ def wait_for_orders(order_ids: Iterable, *, timeout: float, interval: float = 0.
     deadline = time.monotonic() + timeout
     while True:
         orders = list(Order.objects.filter(pk__in=ids))
-        waiting = [o for o in orders if o.status not in TERMINAL_STATUSES
-                   or (o.status != "completed" and o.compensated_at is None)]
+        waiting = [
+            o
+            for o in orders
+            if o.status not in TERMINAL_STATUSES
+            or (o.status != "completed" and o.compensated_at is None)
+        ]
         if not waiting and len(orders) == len(ids):
             return orders
         if time.monotonic() > deadline:
             lines = [f"{len(waiting)} of {len(ids)} orders not done after {timeout}s"]
             for order in waiting[:5]:
                 events = list(order.events.values_list("step", "outcome", "detail"))
-                lines.append(f"  {order.id} {order.status} compensated_at={order.compensated_at}: {events}")
+                lines.append(
+                    f"  {order.id} {order.status} compensated_at={order.compensated_at}: {events}"
+                )
             raise AssertionError("\n".join(lines))
         time.sleep(interval)

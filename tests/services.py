@@ -9,8 +9,10 @@ import time
 
 START_COMMANDS = {
     5432: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-    6379: ('redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
-           "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log"),
+    6379: (
+        'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
+        "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log"
+    ),
 }
 
 

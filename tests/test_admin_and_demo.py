@@ -21,7 +21,13 @@ def order(db, django_capture_on_commit_callbacks):
         return services.order_create(
             user=UserFactory(email="grace@example.com"),
             lines=[{"product": product, "quantity": 2}],
-            shipping_address={"name": "G", "line1": "1", "city": "C", "postal_code": "1", "country": "US"},
+            shipping_address={
+                "name": "G",
+                "line1": "1",
+                "city": "C",
+                "postal_code": "1",
+                "country": "US",
+            },
             payment_token="tok_ok",
         )
 
@@ -39,7 +45,9 @@ def test_order_change_page_shows_lines_and_timeline(admin_client, order):
 
 @pytest.mark.parametrize("query", ["grace@example.com", "{id}"])
 def test_orders_are_searchable_by_email_and_id(admin_client, order, query):
-    page = admin_client.get(reverse("admin:orders_order_changelist"), {"q": query.format(id=order.pk)})
+    page = admin_client.get(
+        reverse("admin:orders_order_changelist"), {"q": query.format(id=order.pk)}
+    )
 
     assert page.status_code == 200
     assert str(order.pk) in page.content.decode()
@@ -48,14 +56,22 @@ def test_orders_are_searchable_by_email_and_id(admin_client, order, query):
 def test_orders_filter_by_status(admin_client, order):
     url = reverse("admin:orders_order_changelist")
     assert str(order.pk) in admin_client.get(url, {"status__exact": "pending"}).content.decode()
-    assert str(order.pk) not in admin_client.get(url, {"status__exact": "completed"}).content.decode()
+    assert (
+        str(order.pk) not in admin_client.get(url, {"status__exact": "completed"}).content.decode()
+    )
 
 
 def test_stock_is_editable_in_the_product_list(admin_client, db):
     product = ProductFactory(sku="CAP-001", stock=5)
     url = reverse("admin:orders_product_changelist")
-    form = {"form-TOTAL_FORMS": "1", "form-INITIAL_FORMS": "1", "form-0-id": str(product.pk),
-            "form-0-stock": "42", "form-0-is_active": "on", "_save": "Save"}
+    form = {
+        "form-TOTAL_FORMS": "1",
+        "form-INITIAL_FORMS": "1",
+        "form-0-id": str(product.pk),
+        "form-0-stock": "42",
+        "form-0-is_active": "on",
+        "_save": "Save",
+    }
 
     response = admin_client.post(url, form)
 
@@ -64,10 +80,15 @@ def test_stock_is_editable_in_the_product_list(admin_client, db):
 
 
 def test_admin_lists_celery_task_results(admin_client):
-    assert admin_client.get(reverse("admin:django_celery_results_taskresult_changelist")).status_code == 200
+    assert (
+        admin_client.get(reverse("admin:django_celery_results_taskresult_changelist")).status_code
+        == 200
+    )
 
 
-def test_seed_demo_twice_creates_once_and_prints_a_working_curl_line(db, client, django_capture_on_commit_callbacks):
+def test_seed_demo_twice_creates_once_and_prints_a_working_curl_line(
+    db, client, django_capture_on_commit_callbacks
+):
     first, second = StringIO(), StringIO()
     call_command("seed_demo", stdout=first)
     products_after_first = list(Product.objects.values_list("sku", "stock"))
@@ -75,7 +96,9 @@ def test_seed_demo_twice_creates_once_and_prints_a_working_curl_line(db, client,
 
     assert list(Product.objects.values_list("sku", "stock")) == products_after_first
     token = Token.objects.get(user__username="demo").key
-    assert f"Demo token: {token}" in first.getvalue() and f"Demo token: {token}" in second.getvalue()
+    assert (
+        f"Demo token: {token}" in first.getvalue() and f"Demo token: {token}" in second.getvalue()
+    )
 
     # The printed curl line, run through the test client: it places an order.
     curl = next(line for line in first.getvalue().splitlines() if "curl -s -X POST" in line)
@@ -84,7 +107,11 @@ def test_seed_demo_twice_creates_once_and_prints_a_working_curl_line(db, client,
     body = argv[argv.index("-d") + 1]
     assert re.search(r"/api/orders/$", argv[argv.index("-X") + 2])
     with django_capture_on_commit_callbacks(execute=False):
-        response = client.post("/api/orders/", body, content_type=headers["Content-Type"],
-                               HTTP_AUTHORIZATION=headers["Authorization"])
+        response = client.post(
+            "/api/orders/",
+            body,
+            content_type=headers["Content-Type"],
+            HTTP_AUTHORIZATION=headers["Authorization"],
+        )
     assert response.status_code == 201, response.content
     assert Order.objects.get().user.username == "demo"

@@ -15,7 +15,13 @@ from orders.models import Order, OrderStatus
 from tests.api_fixtures import assert_error, db_state
 from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
 
-ADDRESS = {"name": "A", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
+ADDRESS = {
+    "name": "A",
+    "line1": "1 Main St",
+    "city": "Berlin",
+    "postal_code": "10115",
+    "country": "DE",
+}
 
 
 def client_for(token: Token | None = None) -> APIClient:
@@ -34,8 +40,12 @@ def mug(db):
 def place(mug, django_capture_on_commit_callbacks):
     def place(user, quantity: int = 1) -> Order:
         with django_capture_on_commit_callbacks(execute=False):
-            return services.order_create(user=user, lines=[{"product": mug, "quantity": quantity}],
-                                         shipping_address=ADDRESS, payment_token="tok_ok")
+            return services.order_create(
+                user=user,
+                lines=[{"product": mug, "quantity": quantity}],
+                shipping_address=ADDRESS,
+                payment_token="tok_ok",
+            )
 
     return place
 
@@ -51,8 +61,13 @@ def theirs(place):
 
 
 def order_endpoints(order_id) -> list[tuple[str, str]]:
-    return [("get", "/api/orders/"), ("post", "/api/orders/"), ("get", f"/api/orders/{order_id}/"),
-            ("post", f"/api/orders/{order_id}/cancel/"), ("post", "/api/auth/logout/")]
+    return [
+        ("get", "/api/orders/"),
+        ("post", "/api/orders/"),
+        ("get", f"/api/orders/{order_id}/"),
+        ("post", f"/api/orders/{order_id}/cancel/"),
+        ("post", "/api/auth/logout/"),
+    ]
 
 
 # --- API2: no token, a bad token, another scheme --------------------------------------------------------
@@ -77,18 +92,21 @@ def test_every_order_endpoint_needs_a_valid_token(user, token, mine, credentials
             client.credentials(HTTP_AUTHORIZATION=credentials.format(key=token.key, basic=basic))
         before = db_state()
 
-        response = getattr(client, method)(path, order_payload(("MUG-001", 1)) if method == "post" else None,
-                                           format="json")
+        response = getattr(client, method)(
+            path, order_payload(("MUG-001", 1)) if method == "post" else None, format="json"
+        )
 
         assert_error(response, 401)
-        assert response["WWW-Authenticate"] == 'Token', (method, path)
+        assert response["WWW-Authenticate"] == "Token", (method, path)
         assert db_state() == before, (method, path)
     assert Order.objects.get(pk=mine.pk).status == OrderStatus.PENDING
 
 
 def test_the_order_endpoints_stay_closed_if_the_default_permission_is_loosened(settings, mine):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_PERMISSION_CLASSES": [
-        "rest_framework.permissions.AllowAny"]}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    }
     for method, path in order_endpoints(mine.pk):
         before = db_state()
         assert_error(getattr(APIClient(), method)(path, format="json"), 401, "not_authenticated")
@@ -159,14 +177,21 @@ def test_an_unknown_order_id_is_404_in_the_error_shape(api):
 
 # --- Tokens: issued for the right password only, revoked on logout --------------------------------------
 def test_a_token_is_issued_for_the_right_password(client, user):
-    response = client.post("/api/auth/token/", {"username": user.username, "password": "secret-pass-123"},
-                           content_type="application/json")
+    response = client.post(
+        "/api/auth/token/",
+        {"username": user.username, "password": "secret-pass-123"},
+        content_type="application/json",
+    )
     assert response.status_code == 200
     assert response.json() == {"token": Token.objects.get(user=user).key}
 
 
-@pytest.mark.parametrize("who", ["wrong password", "unknown user", "inactive user", "empty password"])
-def test_no_token_without_the_right_password_and_the_same_answer_for_every_reason(client, user, who):
+@pytest.mark.parametrize(
+    "who", ["wrong password", "unknown user", "inactive user", "empty password"]
+)
+def test_no_token_without_the_right_password_and_the_same_answer_for_every_reason(
+    client, user, who
+):
     if who == "inactive user":
         user.is_active = False
         user.save()
@@ -174,13 +199,17 @@ def test_no_token_without_the_right_password_and_the_same_answer_for_every_reaso
     password = {"wrong password": "guess", "empty password": ""}.get(who, "secret-pass-123")
     before = db_state()
 
-    response = client.post("/api/auth/token/", {"username": username, "password": password},
-                           content_type="application/json")
+    response = client.post(
+        "/api/auth/token/",
+        {"username": username, "password": password},
+        content_type="application/json",
+    )
 
     assert response.status_code == 400
     if who != "empty password":  # a blank password is refused as a blank field
         assert assert_error(response, 400, "invalid_credentials")["detail"] == (
-            "Unable to log in with the given username and password.")
+            "Unable to log in with the given username and password."
+        )
     assert db_state() == before
 
 
@@ -198,8 +227,11 @@ def test_logout_revokes_the_token(api, token, mine):
 
 def test_logging_in_after_logout_issues_a_new_token(api, client, user, token):
     api.post("/api/auth/logout/")
-    response = client.post("/api/auth/token/", {"username": user.username, "password": "secret-pass-123"},
-                           content_type="application/json")
+    response = client.post(
+        "/api/auth/token/",
+        {"username": user.username, "password": "secret-pass-123"},
+        content_type="application/json",
+    )
     assert response.json()["token"] != token.key
 
 
@@ -210,16 +242,33 @@ def test_logout_revokes_only_the_callers_token(api, theirs):
 
 
 # --- The one error shape, for what no view handles ----------------------------------------------------------
-@pytest.mark.parametrize("path", ["/api/", "/api/nope/", "/api/orders/not-a-uuid/", "/api/orders/1/",
-                                  f"/api/orders/{uuid.uuid4()}/nope/", "/api/schema/nope"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/",
+        "/api/nope/",
+        "/api/orders/not-a-uuid/",
+        "/api/orders/1/",
+        f"/api/orders/{uuid.uuid4()}/nope/",
+        "/api/schema/nope",
+    ],
+)
 def test_an_unknown_url_under_api_is_a_404_in_the_error_shape(api, path):
     assert_error(api.get(path), 404, "not_found")
 
 
-@pytest.mark.parametrize(("method", "path"), [("get", "/api/auth/token/"), ("put", "/api/orders/"),
-                                              ("delete", "/api/orders/"), ("get", "/api/auth/logout/"),
-                                              ("patch", "/api/orders/{id}/"), ("delete", "/api/orders/{id}/"),
-                                              ("post", "/api/products/")])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/auth/token/"),
+        ("put", "/api/orders/"),
+        ("delete", "/api/orders/"),
+        ("get", "/api/auth/logout/"),
+        ("patch", "/api/orders/{id}/"),
+        ("delete", "/api/orders/{id}/"),
+        ("post", "/api/products/"),
+    ],
+)
 def test_a_method_not_allowed_is_a_405_in_the_error_shape(api, mine, method, path):
     before = db_state()
     response = getattr(api, method)(path.format(id=mine.pk), {}, format="json")
@@ -240,10 +289,15 @@ def test_a_token_on_a_non_json_accept_header_is_a_406_in_the_error_shape(api):
 
 
 # --- API5: the admin needs a staff login ---------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/admin/", "/admin/orders/order/", "/admin/orders/product/",
-                                  "/admin/authtoken/tokenproxy/"])
+@pytest.mark.parametrize(
+    "path",
+    ["/admin/", "/admin/orders/order/", "/admin/orders/product/", "/admin/authtoken/tokenproxy/"],
+)
 def test_the_admin_redirects_to_its_login(client, token, path):
-    for kwargs in ({}, {"HTTP_AUTHORIZATION": f"Token {token.key}"}):  # an API token is no admin login
+    for kwargs in (
+        {},
+        {"HTTP_AUTHORIZATION": f"Token {token.key}"},
+    ):  # an API token is no admin login
         response = client.get(path, **kwargs)
         assert response.status_code == 302
         assert response["Location"].startswith("/admin/login/")
@@ -257,6 +311,8 @@ def test_a_customer_login_does_not_open_the_admin(client, user):
 
 def test_the_admin_refuses_a_wrong_password(client, db):
     UserFactory(username="boss", is_staff=True, is_superuser=True)
-    page = client.post("/admin/login/", {"username": "boss", "password": "guess", "next": "/admin/"})
+    page = client.post(
+        "/admin/login/", {"username": "boss", "password": "guess", "next": "/admin/"}
+    )
     assert page.status_code == 200 and "correct username and password" in page.content.decode()
     assert client.get("/admin/").status_code == 302

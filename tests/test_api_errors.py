@@ -23,8 +23,12 @@ def test_a_bug_under_api_answers_json_500(client, monkeypatch, db):
 
 def test_an_idempotency_key_with_a_control_character_is_400(api, db):
     ProductFactory(sku="MUG-001")
-    response = api.post("/api/orders/", order_payload(("MUG-001", 1)), format="json",
-                        HTTP_IDEMPOTENCY_KEY="abc\x00def")
+    response = api.post(
+        "/api/orders/",
+        order_payload(("MUG-001", 1)),
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="abc\x00def",
+    )
 
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_idempotency_key"

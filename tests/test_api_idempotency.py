@@ -16,10 +16,16 @@ def mug(db):
     return ProductFactory(sku="MUG-001", price="12.50", stock=10)
 
 
-def test_same_key_replays_the_first_response_and_creates_one_order(api, mug, django_capture_on_commit_callbacks):
+def test_same_key_replays_the_first_response_and_creates_one_order(
+    api, mug, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=False):
-        first = api.post(URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-1")
-        again = api.post(URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+        first = api.post(
+            URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+        )
+        again = api.post(
+            URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+        )
 
     assert first.status_code == again.status_code == 201
     assert again.json() == first.json()
@@ -36,8 +42,12 @@ def test_keys_are_scoped_to_the_user(api, mug, django_capture_on_commit_callback
     other = APIClient()
     other.credentials(HTTP_AUTHORIZATION=f"Token {TokenFactory().key}")
     with django_capture_on_commit_callbacks(execute=False):
-        mine = api.post(URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="shared")
-        theirs = other.post(URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="shared")
+        mine = api.post(
+            URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="shared"
+        )
+        theirs = other.post(
+            URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="shared"
+        )
 
     assert mine.status_code == theirs.status_code == 201
     assert mine.json()["id"] != theirs.json()["id"]
@@ -46,20 +56,26 @@ def test_keys_are_scoped_to_the_user(api, mug, django_capture_on_commit_callback
 def test_same_key_with_another_body_is_422(api, mug, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False):
         api.post(URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-2")
-        response = api.post(URL, order_payload(("MUG-001", 2)), format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+        response = api.post(
+            URL, order_payload(("MUG-001", 2)), format="json", HTTP_IDEMPOTENCY_KEY="k-2"
+        )
 
     assert response.status_code == 422
     assert response.json()["code"] == "idempotency_key_reused"
     assert Order.objects.count() == 1
 
 
-def test_a_request_that_fails_validation_stores_nothing(api, mug, django_capture_on_commit_callbacks):
+def test_a_request_that_fails_validation_stores_nothing(
+    api, mug, django_capture_on_commit_callbacks
+):
     bad = api.post(URL, order_payload(("MUG-001", 0)), format="json", HTTP_IDEMPOTENCY_KEY="k-3")
     assert bad.status_code == 400
     assert not IdempotencyKey.objects.exists()
 
     with django_capture_on_commit_callbacks(execute=False):
-        good = api.post(URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-3")
+        good = api.post(
+            URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-3"
+        )
     assert good.status_code == 201
     assert Order.objects.count() == 1
 
@@ -79,7 +95,9 @@ def test_same_key_while_the_first_is_in_flight_is_409(api, user, mug):
 
 
 def test_a_key_over_255_characters_is_400(api, mug):
-    response = api.post(URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k" * 256)
+    response = api.post(
+        URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k" * 256
+    )
 
     assert response.status_code == 400
     assert "Idempotency-Key" in response.json()["fields"]
@@ -94,9 +112,13 @@ def test_the_response_is_kept_for_24_hours(api, mug, settings, django_capture_on
     with django_capture_on_commit_callbacks(execute=False):
         api.post(URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-5")
         IdempotencyKey.objects.update(created_at=timezone.now() - timedelta(hours=23, minutes=59))
-        replay = api.post(URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-5")
+        replay = api.post(
+            URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-5"
+        )
         IdempotencyKey.objects.update(created_at=timezone.now() - timedelta(hours=24, minutes=1))
-        fresh = api.post(URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-5")
+        fresh = api.post(
+            URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="k-5"
+        )
 
     assert replay.status_code == 201 and replay["Idempotent-Replayed"] == "true"
     assert fresh.status_code == 201 and not fresh.has_header("Idempotent-Replayed")
@@ -108,8 +130,12 @@ def test_fifty_parallel_requests_with_one_key_create_one_order(pipeline, token, 
     body = order_payload(("MUG-001", 1))
 
     def post(_):
-        return requests.post(f"{pipeline.url}{URL}", json=body, timeout=30,
-                             headers={"Authorization": f"Token {token.key}", "Idempotency-Key": "k-50"})
+        return requests.post(
+            f"{pipeline.url}{URL}",
+            json=body,
+            timeout=30,
+            headers={"Authorization": f"Token {token.key}", "Idempotency-Key": "k-50"},
+        )
 
     with ThreadPoolExecutor(max_workers=50) as pool:
         responses = list(pool.map(post, range(50)))

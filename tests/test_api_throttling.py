@@ -27,7 +27,10 @@ def rates(settings):
     def set_rates(**rates):
         settings.REST_FRAMEWORK = {
             **settings.REST_FRAMEWORK,
-            "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], **rates},
+            "DEFAULT_THROTTLE_RATES": {
+                **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+                **rates,
+            },
         }
 
     return set_rates
@@ -42,8 +45,9 @@ def mug(db):
 def post_order(django_capture_on_commit_callbacks):
     def post(client, body=None, **extra):
         with django_capture_on_commit_callbacks(execute=False):
-            return client.post(URL, order_payload(("MUG-001", 1)) if body is None else body, format="json",
-                               **extra)
+            return client.post(
+                URL, order_payload(("MUG-001", 1)) if body is None else body, format="json", **extra
+            )
 
     return post
 
@@ -70,15 +74,30 @@ def test_rates_are_read_from_settings_at_request_time(rates):
 
 
 def test_rates_come_from_the_environment():
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "THROTTLE_ORDER_CREATE_RATE": "11/min",
-           "THROTTLE_ORDER_CREATE_ANON_RATE": "12/hour", "THROTTLE_AUTH_TOKEN_RATE": "13/day",
-           "THROTTLE_NUM_PROXIES": "1"}
-    code = ("import django, json; django.setup(); from rest_framework.settings import api_settings as s; "
-            "print(json.dumps([s.DEFAULT_THROTTLE_RATES, s.NUM_PROXIES]))")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
-                            check=True)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "THROTTLE_ORDER_CREATE_RATE": "11/min",
+        "THROTTLE_ORDER_CREATE_ANON_RATE": "12/hour",
+        "THROTTLE_AUTH_TOKEN_RATE": "13/day",
+        "THROTTLE_NUM_PROXIES": "1",
+    }
+    code = (
+        "import django, json; django.setup(); from rest_framework.settings import api_settings as s; "
+        "print(json.dumps([s.DEFAULT_THROTTLE_RATES, s.NUM_PROXIES]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert json.loads(result.stdout) == [
-        {"order_create": "11/min", "order_create_anon": "12/hour", "auth_token": "13/day"}, 1]
+        {"order_create": "11/min", "order_create_anon": "12/hour", "auth_token": "13/day"},
+        1,
+    ]
 
 
 # --- Order creation, per user ---------------------------------------------------------------------------------
@@ -140,14 +159,23 @@ def test_with_a_trusted_proxy_the_address_it_saw_is_throttled(rates, mug, post_o
 # --- The token endpoint, per address -----------------------------------------------------------------------------
 def test_password_guessing_is_throttled_and_then_even_the_right_password_waits(rates, client, user):
     rates(auth_token="3/min")
-    guesses = [client.post("/api/auth/token/", {"username": user.username, "password": f"guess{n}"},
-                           content_type="application/json", HTTP_X_FORWARDED_FOR=f"10.0.0.{n}")
-               for n in range(3)]
+    guesses = [
+        client.post(
+            "/api/auth/token/",
+            {"username": user.username, "password": f"guess{n}"},
+            content_type="application/json",
+            HTTP_X_FORWARDED_FOR=f"10.0.0.{n}",
+        )
+        for n in range(3)
+    ]
     assert [r.status_code for r in guesses] == [400, 400, 400]
     before = db_state()
 
-    response = client.post("/api/auth/token/", {"username": user.username, "password": "secret-pass-123"},
-                           content_type="application/json")
+    response = client.post(
+        "/api/auth/token/",
+        {"username": user.username, "password": "secret-pass-123"},
+        content_type="application/json",
+    )
 
     assert_throttled(response)
     assert db_state() == before
@@ -156,9 +184,22 @@ def test_password_guessing_is_throttled_and_then_even_the_right_password_waits(r
 
 def test_the_token_throttle_is_per_address_not_per_username(rates, client, user):
     rates(auth_token="1/min")
-    client.post("/api/auth/token/", {"username": "someone", "password": "x"}, content_type="application/json")
-    assert_throttled(client.post("/api/auth/token/", {"username": "another", "password": "y"},
-                                 content_type="application/json"))
-    other_address = client.post("/api/auth/token/", {"username": user.username, "password": "secret-pass-123"},
-                                content_type="application/json", REMOTE_ADDR="192.0.2.9")
+    client.post(
+        "/api/auth/token/",
+        {"username": "someone", "password": "x"},
+        content_type="application/json",
+    )
+    assert_throttled(
+        client.post(
+            "/api/auth/token/",
+            {"username": "another", "password": "y"},
+            content_type="application/json",
+        )
+    )
+    other_address = client.post(
+        "/api/auth/token/",
+        {"username": user.username, "password": "secret-pass-123"},
+        content_type="application/json",
+        REMOTE_ADDR="192.0.2.9",
+    )
     assert other_address.status_code == 200

@@ -27,13 +27,19 @@ def refused(api, catalogue):
     """Post a body (a dict as JSON, or raw bytes); assert a 4xx in the error shape, and that the
     database is as it was. Every attempt carries an Idempotency-Key, which must not be stored."""
 
-    def post(body, status: int = 400, code: str | None = "invalid", content_type="application/json",
-             **extra) -> dict:
+    def post(
+        body,
+        status: int = 400,
+        code: str | None = "invalid",
+        content_type="application/json",
+        **extra,
+    ) -> dict:
         before = db_state()
         if not isinstance(body, bytes):
             body = json.dumps(body)
-        response = api.generic("POST", URL, body, content_type=content_type,
-                               HTTP_IDEMPOTENCY_KEY="attack-1", **extra)
+        response = api.generic(
+            "POST", URL, body, content_type=content_type, HTTP_IDEMPOTENCY_KEY="attack-1", **extra
+        )
         error = assert_error(response, status, code)
         assert db_state() == before
         return error
@@ -48,7 +54,9 @@ def with_line(**line) -> dict:
 
 
 # --- quantity: a JSON integer from 1 to 1,000 ------------------------------------------------------
-@pytest.mark.parametrize("quantity", [0, -1, 1001, 10**30, "2", 2.5, 2.0, True, None, [], {}, "1e2"])
+@pytest.mark.parametrize(
+    "quantity", [0, -1, 1001, 10**30, "2", 2.5, 2.0, True, None, [], {}, "1e2"]
+)
 def test_a_quantity_that_is_not_an_integer_from_1_to_1000_is_refused(refused, quantity):
     error = refused(with_line(quantity=quantity))
     assert "quantity" in error["fields"]["lines"]["0"]
@@ -61,7 +69,9 @@ def test_a_line_without_quantity_is_refused(refused):
 
 
 @pytest.mark.parametrize("quantity", [1, 1000])
-def test_quantities_1_and_1000_are_accepted(api, catalogue, quantity, django_capture_on_commit_callbacks):
+def test_quantities_1_and_1000_are_accepted(
+    api, catalogue, quantity, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=False):
         response = api.post(URL, with_line(quantity=quantity), format="json")
     assert response.status_code == 201, response.content
@@ -88,7 +98,9 @@ def test_101_lines_are_refused_and_100_accepted(api, refused, django_capture_on_
     assert OrderLine.objects.count() == 100
 
 
-@pytest.mark.parametrize("lines", ["MUG-001", {"sku": "MUG-001", "quantity": 1}, None, [None], ["MUG-001"], [[]]])
+@pytest.mark.parametrize(
+    "lines", ["MUG-001", {"sku": "MUG-001", "quantity": 1}, None, [None], ["MUG-001"], [[]]]
+)
 def test_lines_of_the_wrong_type_are_refused(refused, lines):
     assert "lines" in refused({**order_payload(), "lines": lines})["fields"]
 
@@ -148,7 +160,9 @@ def test_a_country_that_is_not_two_capital_letters_is_refused(refused, country):
     assert "country" in refused(payload)["fields"]["shipping_address"]
 
 
-def test_whitespace_around_a_country_code_is_trimmed_not_stored(api, catalogue, django_capture_on_commit_callbacks):
+def test_whitespace_around_a_country_code_is_trimmed_not_stored(
+    api, catalogue, django_capture_on_commit_callbacks
+):
     payload = order_payload(("MUG-001", 1))
     payload["shipping_address"]["country"] = " DE\n"
     with django_capture_on_commit_callbacks(execute=False):
@@ -164,8 +178,21 @@ def test_an_overlong_address_field_is_refused(refused):
 
 
 # --- payment_token ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("payment_token", ["4242424242424242", "tok_", "TOK_OK", "tok_ok!", "tok_" + "a" * 65,
-                                           "pm_card_visa", "", None, 4242424242424242, ["tok_ok"]])
+@pytest.mark.parametrize(
+    "payment_token",
+    [
+        "4242424242424242",
+        "tok_",
+        "TOK_OK",
+        "tok_ok!",
+        "tok_" + "a" * 65,
+        "pm_card_visa",
+        "",
+        None,
+        4242424242424242,
+        ["tok_ok"],
+    ],
+)
 def test_an_unknown_payment_token_format_is_refused(refused, payment_token):
     payload = order_payload(("MUG-001", 1), token=payment_token)
     assert "payment_token" in refused(payload)["fields"]
@@ -178,18 +205,24 @@ def test_a_missing_payment_token_is_refused(refused):
 
 
 # --- the body as a whole --------------------------------------------------------------------------------
-@pytest.mark.parametrize("body", [b"{", b'{"lines": [}', b"\xff\xfe", b"NaN", b'{"a": Infinity}', b"{}{}"])
+@pytest.mark.parametrize(
+    "body", [b"{", b'{"lines": [}', b"\xff\xfe", b"NaN", b'{"a": Infinity}', b"{}{}"]
+)
 def test_malformed_json_is_a_400(refused, body):
     refused(body, code="parse_error")
 
 
-@pytest.mark.parametrize("depth", [33, 900, 100_000])  # 100,000 levels: well under API_MAX_BODY_BYTES
+@pytest.mark.parametrize(
+    "depth", [33, 900, 100_000]
+)  # 100,000 levels: well under API_MAX_BODY_BYTES
 def test_json_nested_too_deep_is_a_400_not_a_crash(refused, depth):
     refused(b"[" * depth + b"]" * depth, code="parse_error")
 
 
 def test_a_deep_document_in_an_ignored_field_is_a_400_too(refused):
-    body = json.dumps(order_payload(("MUG-001", 1), extra=0)).replace("0}", "[" * 900 + "]" * 900 + "}")
+    body = json.dumps(order_payload(("MUG-001", 1), extra=0)).replace(
+        "0}", "[" * 900 + "]" * 900 + "}"
+    )
     refused(body.encode(), code="parse_error")
 
 
@@ -226,14 +259,21 @@ def test_the_body_limit_holds_on_every_api_endpoint(client, db):
     assert db_state() == before
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=xyz", "application/xml"])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=xyz",
+        "application/xml",
+    ],
+)
 def test_a_body_that_is_not_json_is_a_415(refused, content_type):
     body = {
         "text/plain": json.dumps(order_payload(("MUG-001", 1))),
         "application/x-www-form-urlencoded": "payment_token=tok_ok&lines=MUG-001",
         "multipart/form-data; boundary=xyz": '--xyz\r\nContent-Disposition: form-data; name="payment_token"'
-                                             "\r\n\r\ntok_ok\r\n--xyz--\r\n",
+        "\r\n\r\ntok_ok\r\n--xyz--\r\n",
         "application/xml": "<order/>",
     }[content_type]
     refused(body.encode(), status=415, code="unsupported_media_type", content_type=content_type)
@@ -248,20 +288,32 @@ def test_a_logged_in_browser_cannot_be_made_to_order(catalogue):
     browser.force_login(UserFactory())
     browser.get("/admin/login/")  # the CSRF cookie is set, as on any visit to the site
     before = db_state()
-    response = browser.post(URL, json.dumps(order_payload(("MUG-001", 1))), content_type="application/json")
-    assert assert_error(response, 403, "permission_denied")["detail"] == "CSRF Failed: CSRF token missing."
+    response = browser.post(
+        URL, json.dumps(order_payload(("MUG-001", 1))), content_type="application/json"
+    )
+    assert (
+        assert_error(response, 403, "permission_denied")["detail"]
+        == "CSRF Failed: CSRF token missing."
+    )
     assert_error(browser.post(URL, {"payment_token": "tok_ok"}), 415, "unsupported_media_type")
     assert db_state() == before
 
 
 # --- prices come from the database ----------------------------------------------------------------------
-def test_a_client_sent_price_total_status_or_owner_is_ignored(api, user, catalogue,
-                                                             django_capture_on_commit_callbacks):
+def test_a_client_sent_price_total_status_or_owner_is_ignored(
+    api, user, catalogue, django_capture_on_commit_callbacks
+):
     someone_else = UserFactory()
     payload = order_payload(("MUG-001", 2), ("TEE-001", 1))
     payload["lines"][0].update(unit_price="0.01", price="0.01", total="0.01")
-    payload.update(total="0.01", currency="USD", status="completed", user=someone_else.pk,
-                   id="00000000-0000-0000-0000-000000000001", payment={"status": "captured"})
+    payload.update(
+        total="0.01",
+        currency="USD",
+        status="completed",
+        user=someone_else.pk,
+        id="00000000-0000-0000-0000-000000000001",
+        payment={"status": "captured"},
+    )
 
     with django_capture_on_commit_callbacks(execute=False):
         response = api.post(URL, payload, format="json")
@@ -271,8 +323,10 @@ def test_a_client_sent_price_total_status_or_owner_is_ignored(api, user, catalog
     assert order.total == Decimal("44.90") and order.currency == "EUR"
     assert order.status == "pending" and order.user == user
     assert str(order.pk) != payload["id"]
-    assert sorted(order.lines.values_list("sku", "unit_price")) == [("MUG-001", Decimal("12.50")),
-                                                                   ("TEE-001", Decimal("19.90"))]
+    assert sorted(order.lines.values_list("sku", "unit_price")) == [
+        ("MUG-001", Decimal("12.50")),
+        ("TEE-001", Decimal("19.90")),
+    ]
     body = response.json()
     assert body["total"] == "44.90" and body["payment"] is None
     assert Product.objects.get(sku="MUG-001").stock == 100  # reserved later, by the workflow

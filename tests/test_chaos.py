@@ -13,7 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from orders.models import TERMINAL_STATUSES, Order, OrderEvent, OrderLine, Outcome, Product, Shipment
+from orders.models import (
+    TERMINAL_STATUSES,
+    Order,
+    OrderEvent,
+    OrderLine,
+    Outcome,
+    Product,
+    Shipment,
+)
 from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
 from tests.procs import ledger, stack_factory, timing_errors_under, wait_for  # noqa: F401 (fixture)
 
@@ -24,7 +32,14 @@ CLIENT_THREADS = 24
 PLACING_RATE = 8  # orders per second: placing spans the first half of the chaos schedule
 WORKERS = 3
 # Seconds after the first order is placed: (when, what), all while orders are still coming in.
-CHAOS_SCHEDULE = [(4, "kill"), (10, "kill"), (15, "restart_redis"), (21, "kill"), (26, "kill"), (30, "kill")]
+CHAOS_SCHEDULE = [
+    (4, "kill"),
+    (10, "kill"),
+    (15, "restart_redis"),
+    (21, "kill"),
+    (26, "kill"),
+    (30, "kill"),
+]
 
 # Timing for the child processes: seconds instead of minutes, in the order orders/checks.py
 # requires (asserted below).
@@ -51,11 +66,21 @@ ENV = {
 
 # (sku, price, stock, weight): plenty of most things, and two scarce products that some
 # orders race for and fail out of stock.
-CATALOGUE = [("MUG", "12.50", 10_000, 30), ("TEE", "19.90", 10_000, 30), ("CAP", "9.00", 10_000, 20),
-             ("LAMP", "45.00", 20, 10), ("CHAIR", "120.00", 8, 6)]
+CATALOGUE = [
+    ("MUG", "12.50", 10_000, 30),
+    ("TEE", "19.90", 10_000, 30),
+    ("CAP", "9.00", 10_000, 20),
+    ("LAMP", "45.00", 20, 10),
+    ("CHAIR", "120.00", 8, 6),
+]
 SCARCE = {"LAMP", "CHAIR"}
-TOKENS = [("tok_ok", 70), ("tok_declined", 8), ("tok_flaky", 8), ("tok_timeout_after_success", 6),
-          ("tok_ok/00000", 8)]  # the carrier rejects postal code 00000: fails after payment
+TOKENS = [
+    ("tok_ok", 70),
+    ("tok_declined", 8),
+    ("tok_flaky", 8),
+    ("tok_timeout_after_success", 6),
+    ("tok_ok/00000", 8),
+]  # the carrier rejects postal code 00000: fails after payment
 CANCEL_SHARE = 0.06  # the customer cancels this share of orders within two seconds of placing them
 
 
@@ -69,7 +94,9 @@ def make_jobs(rng: random.Random) -> list[tuple[dict, float | None]]:
         token = rng.choices([t for t, _ in TOKENS], weights=[w for _, w in TOKENS])[0]
         token, _, postal_code = token.partition("/")
         cancel_after = rng.uniform(0, 2) if rng.random() < CANCEL_SHARE else None
-        jobs.append((order_payload(*lines, token=token, postal_code=postal_code or "10115"), cancel_after))
+        jobs.append(
+            (order_payload(*lines, token=token, postal_code=postal_code or "10115"), cancel_after)
+        )
     return jobs
 
 
@@ -105,16 +132,21 @@ class Client:
         payload, cancel_after = job
         auth = {"Authorization": f"Token {self.tokens[index % len(self.tokens)]}"}
         time.sleep(max(0.0, self.started + index / PLACING_RATE - time.monotonic()))
-        response = self._send(f"{self.base_url}/api/orders/", ok=(201,), json=payload,
-                              headers={**auth, "Idempotency-Key": str(uuid.uuid4())})
+        response = self._send(
+            f"{self.base_url}/api/orders/",
+            ok=(201,),
+            json=payload,
+            headers={**auth, "Idempotency-Key": str(uuid.uuid4())},
+        )
         if response is None:
             return None  # never created, as far as the client knows; the database decides
         order_id = response.json()["id"]
         if cancel_after is not None:
             time.sleep(cancel_after)
             # 409 is a final answer here: the order is past the point where it can be cancelled.
-            response = self._send(f"{self.base_url}/api/orders/{order_id}/cancel/", ok=(200, 409),
-                                  headers=auth)
+            response = self._send(
+                f"{self.base_url}/api/orders/{order_id}/cancel/", ok=(200, 409), headers=auth
+            )
             with self._lock:
                 self.cancels[response.status_code if response is not None else "gave up"] += 1
         return order_id
@@ -123,9 +155,13 @@ class Client:
 def supervise(stack, started: float, log: list[str]) -> None:
     """Replace workers that died by themselves, as a process supervisor would, and say why."""
     for proc in stack.replace_crashed_workers():
-        why = next((line for line in proc.log().splitlines() if "CRITICAL" in line), "no CRITICAL line")
-        log.append(f"{time.monotonic() - started:5.1f}s {proc.name} had exited "
-                   f"({proc.popen.returncode}): {why}")
+        why = next(
+            (line for line in proc.log().splitlines() if "CRITICAL" in line), "no CRITICAL line"
+        )
+        log.append(
+            f"{time.monotonic() - started:5.1f}s {proc.name} had exited "
+            f"({proc.popen.returncode}): {why}"
+        )
 
 
 def chaos(stack, started: float, log: list[str], errors: list[BaseException]) -> None:
@@ -150,7 +186,9 @@ def _chaos(stack, started: float, log: list[str]) -> None:
                     break
             victim = victim or rng.choice(stack.workers)
             stack.kill_worker(victim)
-            log.append(f"{time.monotonic() - started:5.1f}s SIGKILL {victim.name} ({running} task(s) running)")
+            log.append(
+                f"{time.monotonic() - started:5.1f}s SIGKILL {victim.name} ({running} task(s) running)"
+            )
             new = stack.start_worker(concurrency=2)
             log.append(f"{time.monotonic() - started:5.1f}s {new.name} ready")
         else:
@@ -180,16 +218,22 @@ def test_chaos(stack_factory, capsys):  # noqa: F811
     for sku, price, stock, _ in CATALOGUE:
         ProductFactory(sku=sku, price=price, stock=stock)
     initial_stock = dict(Product.objects.values_list("sku", "stock"))
-    tokens = [TokenFactory(user=UserFactory(email=f"customer{i}@example.com")).key for i in range(8)]
+    tokens = [
+        TokenFactory(user=UserFactory(email=f"customer{i}@example.com")).key for i in range(8)
+    ]
     jobs = make_jobs(rng)
 
     began = time.monotonic()
-    stack = stack_factory(env=ENV, workers=WORKERS, concurrency=2, beat=True, web_workers=2, web_threads=12)
+    stack = stack_factory(
+        env=ENV, workers=WORKERS, concurrency=2, beat=True, web_workers=2, web_threads=12
+    )
     chaos_log: list[str] = []
     started = time.monotonic()
     client = Client(stack.web_url, tokens, started)
     chaos_errors: list[BaseException] = []
-    chaos_thread = threading.Thread(target=chaos, args=(stack, started, chaos_log, chaos_errors), daemon=True)
+    chaos_thread = threading.Thread(
+        target=chaos, args=(stack, started, chaos_log, chaos_errors), daemon=True
+    )
     chaos_thread.start()
     with ThreadPoolExecutor(max_workers=CLIENT_THREADS) as pool:
         placed = list(pool.map(client.place, range(ORDERS), jobs))
@@ -206,17 +250,25 @@ def test_chaos(stack_factory, capsys):  # noqa: F811
     deadline = time.monotonic() + 360
     while True:
         pending = Order.objects.exclude(status__in=TERMINAL_STATUSES).count()
-        uncompensated = Order.objects.filter(status__in=["failed", "cancelled"],
-                                             compensated_at__isnull=True).count()
+        uncompensated = Order.objects.filter(
+            status__in=["failed", "cancelled"], compensated_at__isnull=True
+        ).count()
         if not pending and not uncompensated:
             break
         if time.monotonic() > deadline:
             stuck = Order.objects.exclude(status__in=TERMINAL_STATUSES) | Order.objects.filter(
-                status__in=["failed", "cancelled"], compensated_at__isnull=True)
-            details = [f"{o.id} {o.status}: {list(o.events.values_list('step', 'outcome', 'detail'))}"
-                       for o in stuck[:5]]
-            pytest.fail(f"{pending} orders not terminal, {uncompensated} not compensated:\n"
-                        + "\n".join(details) + "\n" + stack.logs())
+                status__in=["failed", "cancelled"], compensated_at__isnull=True
+            )
+            details = [
+                f"{o.id} {o.status}: {list(o.events.values_list('step', 'outcome', 'detail'))}"
+                for o in stuck[:5]
+            ]
+            pytest.fail(
+                f"{pending} orders not terminal, {uncompensated} not compensated:\n"
+                + "\n".join(details)
+                + "\n"
+                + stack.logs()
+            )
         supervise(stack, started, chaos_log)
         time.sleep(1)
     wait_until_quiet(stack)
@@ -228,13 +280,18 @@ def test_chaos(stack_factory, capsys):  # noqa: F811
     retries = OrderEvent.objects.filter(outcome=Outcome.RETRYING).count()
     resumes = OrderEvent.objects.filter(outcome=Outcome.RESUMED).count()
     busy = OrderEvent.objects.filter(outcome=Outcome.BUSY).count()
-    reasons = Counter(o.failure_reason.split(":")[0].split("(")[0].strip()
-                      for o in orders.values() if o.failure_reason)
+    reasons = Counter(
+        o.failure_reason.split(":")[0].split("(")[0].strip()
+        for o in orders.values()
+        if o.failure_reason
+    )
     with capsys.disabled():  # the figures belong in the CI log, passed or not
-        print(f"\nchaos (seed {seed}): orders {len(orders)} {dict(statuses)}, kills {len(stack.killed_workers)}, "
-              f"Redis restarts {stack.redis.restarts}, worker crashes {len(stack.crashed_workers)}, "
-              f"retries {retries}, resumes {resumes}, busy {busy}, cancellations {dict(client.cancels)}, "
-              f"POST retries {client.retried}, placing {placing_took:.1f}s, wall time {wall:.1f}s")
+        print(
+            f"\nchaos (seed {seed}): orders {len(orders)} {dict(statuses)}, kills {len(stack.killed_workers)}, "
+            f"Redis restarts {stack.redis.restarts}, worker crashes {len(stack.crashed_workers)}, "
+            f"retries {retries}, resumes {resumes}, busy {busy}, cancellations {dict(client.cancels)}, "
+            f"POST retries {client.retried}, placing {placing_took:.1f}s, wall time {wall:.1f}s"
+        )
         print("failure reasons:", dict(reasons))
         print("\n".join(chaos_log))
 
@@ -249,12 +306,16 @@ def test_chaos(stack_factory, capsys):  # noqa: F811
     for order_id, order in orders.items():
         reason, skus = order.failure_reason, {line.sku for line in order.lines.all()}
         if order.status == "completed":
-            assert order.payment_token != "tok_declined" and order.ship_postal_code != "00000", order_id
+            assert order.payment_token != "tok_declined" and order.ship_postal_code != "00000", (
+                order_id
+            )
         elif order.status == "failed":
             assert order_id not in shipped, (order_id, reason)
-            assert ((reason.startswith("payment declined") and order.payment_token == "tok_declined")
-                    or (reason.startswith("the carrier rejected") and order.ship_postal_code == "00000")
-                    or (reason.startswith("out of stock") and skus & SCARCE)), (order_id, reason)
+            assert (
+                (reason.startswith("payment declined") and order.payment_token == "tok_declined")
+                or (reason.startswith("the carrier rejected") and order.ship_postal_code == "00000")
+                or (reason.startswith("out of stock") and skus & SCARCE)
+            ), (order_id, reason)
 
     # The gateway's ledger: at most one charge kept per order, exactly one per completed
     # order, and every charge of an order that did not complete given back.
@@ -272,7 +333,9 @@ def test_chaos(stack_factory, capsys):  # noqa: F811
 
     # Stock is conserved: what is gone from the shelf is what completed orders took.
     sold = Counter()
-    for sku, quantity in OrderLine.objects.filter(order__status="completed").values_list("sku", "quantity"):
+    for sku, quantity in OrderLine.objects.filter(order__status="completed").values_list(
+        "sku", "quantity"
+    ):
         sold[sku] += quantity
     current = dict(Product.objects.values_list("sku", "stock"))
     assert {sku: current[sku] + sold[sku] for sku in current} == initial_stock

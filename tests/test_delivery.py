@@ -12,8 +12,14 @@ from celery import chain
 from orders.models import LineReservation, Order, OrderStatus, Payment, Product, Shipment
 from orders.services import order_create
 from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
-from tests.procs import stack_factory  # noqa: F401 (the fixture)
-from tests.procs import api_session, ledger, timing_errors_under, wait_for, wait_for_orders
+from tests.procs import (
+    api_session,
+    ledger,
+    stack_factory,  # noqa: F401 (the fixture)
+    timing_errors_under,
+    wait_for,
+    wait_for_orders,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +49,12 @@ def assert_charged_once(stack, order) -> None:
 # The sandbox answers slowly, so that a charge is caught in flight; the timing keeps the order
 # orders/checks.py wants, with a short lock so that a dead holder's lock expires within seconds.
 SLOW_GATEWAY = {
-    "SANDBOX_LATENCY_MS": "2500", "PROVIDER_TIMEOUT_SECONDS": "5", "CELERY_TASK_SOFT_TIME_LIMIT": "7",
-    "CELERY_TASK_TIME_LIMIT": "8", "TASK_LOCK_TIMEOUT": "10", "TASK_RETRY_BACKOFF_MAX": "2",
+    "SANDBOX_LATENCY_MS": "2500",
+    "PROVIDER_TIMEOUT_SECONDS": "5",
+    "CELERY_TASK_SOFT_TIME_LIMIT": "7",
+    "CELERY_TASK_TIME_LIMIT": "8",
+    "TASK_LOCK_TIMEOUT": "10",
+    "TASK_RETRY_BACKOFF_MAX": "2",
     "ORDER_STALL_SECONDS": "30",
 }
 
@@ -61,15 +71,21 @@ def test_a_pool_process_killed_mid_charge_is_redelivered_and_charges_once(stack_
 
     def charging_pid():
         for task in stack.active_tasks(worker):
-            if task["name"] == "orders.charge_payment" and task["kwargs"].get("order_id") == order_id:
+            if (
+                task["name"] == "orders.charge_payment"
+                and task["kwargs"].get("order_id") == order_id
+            ):
                 return task["worker_pid"]
         return None
 
     pid = wait_for(charging_pid, timeout=30, interval=0.2, what="charge_payment to run")
     assert pid in stack.pool_pids(worker)  # a pool process, not the worker itself
     # The Payment row is committed right before the gateway is called.
-    wait_for(lambda: Payment.objects.filter(order_id=order_id).exists(), timeout=5,
-             what="the charge to start")
+    wait_for(
+        lambda: Payment.objects.filter(order_id=order_id).exists(),
+        timeout=5,
+        what="the charge to start",
+    )
     time.sleep(0.5)  # well inside the gateway's 2.5 s
     os.kill(pid, signal.SIGKILL)
 
@@ -92,16 +108,28 @@ def test_two_workers_racing_for_one_step_charge_once(stack_factory, monkeypatch)
     stack = stack_factory(env=env, workers=2, concurrency=1)
     # An order whose stock is reserved and whose charge is due, with no workflow started yet.
     monkeypatch.setattr("orders.workflow.start", lambda **kwargs: None)
-    order = order_create(user=UserFactory(), lines=[{"product": product, "quantity": 2}],
-                         shipping_address=order_payload()["shipping_address"], payment_token="tok_ok")
+    order = order_create(
+        user=UserFactory(),
+        lines=[{"product": product, "quantity": 2}],
+        shipping_address=order_payload()["shipping_address"],
+        payment_token="tok_ok",
+    )
     order.lines.update(reservation=LineReservation.RESERVED)
     Product.objects.filter(pk=product.pk).update(stock=8)
     Order.objects.filter(pk=order.pk).update(status=OrderStatus.PAYING)
 
     def canvas():
         client, kwargs = stack.celery, {"order_id": str(order.id)}
-        return chain(*(client.signature(name, kwargs=kwargs, immutable=True) for name in
-                       ("orders.charge_payment", "orders.create_shipment", "orders.send_confirmation_email")))
+        return chain(
+            *(
+                client.signature(name, kwargs=kwargs, immutable=True)
+                for name in (
+                    "orders.charge_payment",
+                    "orders.create_shipment",
+                    "orders.send_confirmation_email",
+                )
+            )
+        )
 
     canvas().apply_async()
     canvas().apply_async()
@@ -130,20 +158,28 @@ def test_a_charge_whose_answer_times_out_is_replayed_not_repeated(stack_factory)
     assert_charged_once(stack, order)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "celery 5.7.0 / kombu 5.7.0: on a lost broker connection the consumer collect()s the "
-    "connection (which detaches its transport) and then close()s it; closing the channel again "
-    "tries to restore the unacknowledged messages through the detached transport and raises "
-    "AttributeError ('NoneType' object has no attribute 'hostname'), which the worker reports "
-    "as an unrecoverable error and exits. Every worker running an acks_late task when Redis "
-    "restarts dies; a process supervisor must start it again (the chaos test does)."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "celery 5.7.0 / kombu 5.7.0: on a lost broker connection the consumer collect()s the "
+        "connection (which detaches its transport) and then close()s it; closing the channel again "
+        "tries to restore the unacknowledged messages through the detached transport and raises "
+        "AttributeError ('NoneType' object has no attribute 'hostname'), which the worker reports "
+        "as an unrecoverable error and exits. Every worker running an acks_late task when Redis "
+        "restarts dies; a process supervisor must start it again (the chaos test does)."
+    ),
+)
 def test_a_busy_worker_survives_a_redis_restart(stack_factory):
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     stack = stack_factory(env=SLOW_GATEWAY, workers=1)
     [worker] = stack.workers
     place(stack, order_payload(("MUG-001", 1)))
-    wait_for(lambda: any(t["name"] == "orders.charge_payment" for t in stack.active_tasks(worker)),
-             timeout=30, interval=0.2, what="charge_payment to run")
+    wait_for(
+        lambda: any(t["name"] == "orders.charge_payment" for t in stack.active_tasks(worker)),
+        timeout=30,
+        interval=0.2,
+        what="charge_payment to run",
+    )
 
     stack.redis.restart(down_for=1.0)
 
@@ -160,12 +196,18 @@ def test_a_step_done_while_the_broker_is_down_is_not_undone(stack_factory):
     stack = stack_factory(env=env, workers=1, beat=True)
     [worker] = stack.workers
     order_id = place(stack, order_payload(("MUG-001", 1)))
-    wait_for(lambda: any(t["name"] == "orders.create_shipment" for t in stack.active_tasks(worker)),
-             timeout=30, interval=0.2, what="create_shipment to run")
+    wait_for(
+        lambda: any(t["name"] == "orders.create_shipment" for t in stack.active_tasks(worker)),
+        timeout=30,
+        interval=0.2,
+        what="create_shipment to run",
+    )
 
     stack.redis.stop()
     # The carrier answers after 2.5 s; Celery then fails to publish send_confirmation_email.
-    wait_for(lambda: Shipment.objects.filter(order_id=order_id).exists(), timeout=10, what="the shipment")
+    wait_for(
+        lambda: Shipment.objects.filter(order_id=order_id).exists(), timeout=10, what="the shipment"
+    )
     time.sleep(3)
     stack.redis.start()
     stack.replace_crashed_workers()  # celery 5.7: a busy worker exits when the broker goes away

@@ -18,12 +18,17 @@ def test_an_order_placed_over_http_is_completed_by_a_worker_process(stack_factor
     UserFactory(username="ada", email="ada@example.com", password="secret-pass-123")
     stack = stack_factory(workers=1)
 
-    response = requests.post(f"{stack.web_url}/api/auth/token/",
-                             json={"username": "ada", "password": "secret-pass-123"}, timeout=10)
+    response = requests.post(
+        f"{stack.web_url}/api/auth/token/",
+        json={"username": "ada", "password": "secret-pass-123"},
+        timeout=10,
+    )
     assert response.status_code == 200, response.text
     api = api_session(response.json()["token"])
 
-    response = api.post(f"{stack.web_url}/api/orders/", json=order_payload(("MUG-001", 2)), timeout=10)
+    response = api.post(
+        f"{stack.web_url}/api/orders/", json=order_payload(("MUG-001", 2)), timeout=10
+    )
     assert response.status_code == 201, response.text
     order_id = response.json()["id"]
     assert response.json()["status"] == "pending"

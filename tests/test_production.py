@@ -35,8 +35,14 @@ def production_env(**overrides: str | None) -> dict:
 
 
 def run(args: list[str], **env: str | None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=production_env(**env), capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=production_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_check_deploy_reports_nothing_with_the_documented_environment():
@@ -45,8 +51,17 @@ def test_check_deploy_reports_nothing_with_the_documented_environment():
     assert "System check identified no issues (0 silenced)." in result.stdout
 
 
-@pytest.mark.parametrize("key", [None, "", "too-short", "django-insecure-" + "x1y2z3" * 10, "ab" * 40,
-                                 "local-only-insecure-key-do-not-use-in-production" + "0123456789"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        None,
+        "",
+        "too-short",
+        "django-insecure-" + "x1y2z3" * 10,
+        "ab" * 40,
+        "local-only-insecure-key-do-not-use-in-production" + "0123456789",
+    ],
+)
 def test_production_refuses_to_start_without_a_strong_secret_key(key):
     result = run(["-c", "import config.settings.production"], DJANGO_SECRET_KEY=key)
     assert result.returncode != 0
@@ -145,13 +160,30 @@ def flower(tmp_path):
 
     def start(*args: str, **env: str) -> str:
         port = free_port()
-        full_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test",
-                    "REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, **env}
+        full_env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.test",
+            "REDIS_URL": settings.REDIS_URL,
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+            **env,
+        }
         log = log_path.open("a")
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "flower", "--address=127.0.0.1", f"--port={port}",
-             *args],
-            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={port}",
+                *args,
+            ],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
         processes.append((process, log))
         deadline = time.monotonic() + 60

@@ -23,7 +23,13 @@ def lost_order(pipeline, monkeypatch):
         order = services.order_create(
             user=UserFactory(),
             lines=[{"product": Product.objects.get(sku="MUG-001"), "quantity": 2}],
-            shipping_address={"name": "A", "line1": "B", "city": "C", "postal_code": "10115", "country": "DE"},
+            shipping_address={
+                "name": "A",
+                "line1": "B",
+                "city": "C",
+                "postal_code": "10115",
+                "country": "DE",
+            },
             payment_token="tok_ok",
         )
         Order.objects.filter(pk=order.pk).update(**fields)
@@ -83,7 +89,8 @@ def test_an_order_past_its_deadline_fails_and_is_compensated(lost_order, setting
     order.lines.update(reservation=LineReservation.RESERVED)
     Product.objects.filter(sku="MUG-001").update(stock=8)
     Order.objects.filter(pk=order.pk).update(
-        created_at=timezone.now() - timedelta(seconds=settings.ORDER_DEADLINE_SECONDS + 1))
+        created_at=timezone.now() - timedelta(seconds=settings.ORDER_DEADLINE_SECONDS + 1)
+    )
     _age(order, settings.ORDER_STALL_SECONDS + 1)
 
     assert recovery.sweep() == {"resumed": 0, "expired": 1}
@@ -95,7 +102,9 @@ def test_an_order_past_its_deadline_fails_and_is_compensated(lost_order, setting
     assert order.compensated_at is not None
 
 
-def test_a_failed_order_whose_compensation_was_lost_is_compensated(lost_order, settings, monkeypatch):
+def test_a_failed_order_whose_compensation_was_lost_is_compensated(
+    lost_order, settings, monkeypatch
+):
     monkeypatch.setattr("orders.workflow.compensate", lambda **kwargs: None)  # lost again
     order = lost_order()
     services.order_fail(order_id=order.id, reason="test")

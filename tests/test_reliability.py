@@ -13,7 +13,9 @@ from tests.factories import ProductFactory, TokenFactory, UserFactory, order_pay
 
 
 def place(session, payload, **headers):
-    return session.post(f"{session.base_url}/api/orders/", json=payload, headers=headers, timeout=15)
+    return session.post(
+        f"{session.base_url}/api/orders/", json=payload, headers=headers, timeout=15
+    )
 
 
 @pytest.fixture
@@ -71,8 +73,12 @@ def test_ten_orders_race_for_the_last_unit_and_one_wins(pipeline, transactional_
     def order_as(token):
         import requests
 
-        return requests.post(f"{pipeline.url}/api/orders/", json=order_payload(("LAST-1", 1)),
-                             headers={"Authorization": f"Token {token.key}"}, timeout=15)
+        return requests.post(
+            f"{pipeline.url}/api/orders/",
+            json=order_payload(("LAST-1", 1)),
+            headers={"Authorization": f"Token {token.key}"},
+            timeout=15,
+        )
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         responses = list(pool.map(order_as, tokens))

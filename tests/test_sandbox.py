@@ -3,7 +3,14 @@
 import pytest
 
 CHARGE = {"order": "o-1", "amount": "12.50", "currency": "EUR", "token": "tok_ok"}
-SHIPMENT = {"order": "o-1", "name": "A", "line1": "B", "city": "C", "postal_code": "10115", "country": "DE"}
+SHIPMENT = {
+    "order": "o-1",
+    "name": "A",
+    "line1": "B",
+    "city": "C",
+    "postal_code": "10115",
+    "country": "DE",
+}
 
 
 def post(client, path, body, key):
@@ -33,8 +40,14 @@ def test_a_charge_needs_an_idempotency_key(client):
 
 @pytest.mark.django_db
 def test_declines_and_tok_flaky(client):
-    assert post(client, "payments/charges/", {**CHARGE, "token": "tok_declined"}, "d").status_code == 402
-    flaky = [post(client, "payments/charges/", {**CHARGE, "token": "tok_flaky"}, "f").status_code for _ in range(4)]
+    assert (
+        post(client, "payments/charges/", {**CHARGE, "token": "tok_declined"}, "d").status_code
+        == 402
+    )
+    flaky = [
+        post(client, "payments/charges/", {**CHARGE, "token": "tok_flaky"}, "f").status_code
+        for _ in range(4)
+    ]
     assert flaky == [503, 503, 201, 200]
     assert sorted(c["status"] for c in ledger(client)) == ["captured", "declined"]
 
@@ -53,10 +66,16 @@ def test_a_refund_is_recorded_once(client):
 
 @pytest.mark.django_db
 def test_the_carrier_rejects_postal_code_00000_and_replays_shipments(client):
-    assert post(client, "shipping/shipments/", {**SHIPMENT, "postal_code": "00000"}, "s0").status_code == 422
+    assert (
+        post(client, "shipping/shipments/", {**SHIPMENT, "postal_code": "00000"}, "s0").status_code
+        == 422
+    )
     first = post(client, "shipping/shipments/", SHIPMENT, "s1")
     again = post(client, "shipping/shipments/", SHIPMENT, "s1")
-    assert first.status_code == 201 and again.json()["tracking_number"] == first.json()["tracking_number"]
+    assert (
+        first.status_code == 201
+        and again.json()["tracking_number"] == first.json()["tracking_number"]
+    )
 
 
 @pytest.mark.django_db

@@ -45,14 +45,19 @@ def test_the_schema_lists_every_endpoint(schema):
 
 def test_every_order_endpoint_requires_the_token_header(schema):
     assert schema["components"]["securitySchemes"]["tokenAuth"] == {
-        "type": "apiKey", "in": "header", "name": "Authorization",
-        "description": 'Token-based authentication with required prefix "Token"'}
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": 'Token-based authentication with required prefix "Token"',
+    }
     for method, path, operation in operations(schema):
         security = operation.get("security", [])
         if operation["operationId"] == "auth_token_create":
             assert security == []
         elif operation["operationId"] == "products_list":
-            assert {"tokenAuth": []} in security and {} in security  # public; a sent token is checked
+            assert {
+                "tokenAuth": []
+            } in security and {} in security  # public; a sent token is checked
         else:
             assert {"tokenAuth": []} in security and {} not in security, (method, path)
             assert "401" in operation["responses"], (method, path)
@@ -60,11 +65,17 @@ def test_every_order_endpoint_requires_the_token_header(schema):
 
 def test_every_error_response_is_described_with_the_error_shape(schema):
     error = schema["components"]["schemas"]["Error"]
-    assert error["required"] == ["code", "detail"] and set(error["properties"]) == {"code", "detail", "fields"}
+    assert error["required"] == ["code", "detail"] and set(error["properties"]) == {
+        "code",
+        "detail",
+        "fields",
+    }
     for method, path, operation in operations(schema):
         for status, response in operation["responses"].items():
             if int(status) >= 400:
-                assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+                assert response["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/Error"
+                }
                 assert response["description"], (method, path, status)
         if method == "POST" and "requestBody" in operation:
             assert {"400", "413", "415", "429"} <= set(operation["responses"]), (method, path)
@@ -82,16 +93,28 @@ def test_throttled_and_unauthenticated_answers_document_their_headers(schema):
 def test_order_creation_documents_idempotency_key_and_that_stock_is_not_promised(schema):
     create = schema["paths"]["/api/orders/"]["post"]
     [key] = [p for p in create["parameters"] if p["name"] == "Idempotency-Key"]
-    assert key["in"] == "header" and key["schema"] == {"type": "string", "minLength": 1, "maxLength": 255}
+    assert key["in"] == "header" and key["schema"] == {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+    }
     assert "does not promise stock" in create["description"] and "failed" in create["description"]
     assert "repeated in one order is refused (400), not merged" in create["description"]
     assert "does not promise stock" in schema["info"]["description"]
     assert create["responses"]["201"]["headers"]["Location"]["required"] is True
     body = schema["components"]["schemas"]["OrderCreateInputRequest"]
-    assert body["properties"]["lines"]["minItems"] == 1 and body["properties"]["lines"]["maxItems"] == 100
+    assert (
+        body["properties"]["lines"]["minItems"] == 1
+        and body["properties"]["lines"]["maxItems"] == 100
+    )
     line = schema["components"]["schemas"]["LineInputRequest"]
-    assert (line["properties"]["quantity"]["minimum"], line["properties"]["quantity"]["maximum"]) == (1, 1000)
-    assert not {"unit_price", "price", "total"} & (set(line["properties"]) | set(body["properties"]))
+    assert (
+        line["properties"]["quantity"]["minimum"],
+        line["properties"]["quantity"]["maximum"],
+    ) == (1, 1000)
+    assert not {"unit_price", "price", "total"} & (
+        set(line["properties"]) | set(body["properties"])
+    )
 
 
 def test_the_docs_page_is_served(client, db):
@@ -108,35 +131,52 @@ SEED = int(os.environ.get("FUZZ_SEED", "20260"))  # fixed, so CI is repeatable; 
 def fuzz_target(live_server, transactional_db, settings):
     """A live server with a customer, a product to order, and rates no fuzzer reaches (throttling
     has its own tests: here it would only hide the endpoints behind 429s)."""
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
-        "order_create": "100000/min", "order_create_anon": "100000/min", "auth_token": "100000/min"}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {
+            "order_create": "100000/min",
+            "order_create_anon": "100000/min",
+            "auth_token": "100000/min",
+        },
+    }
     UserFactory(username="fuzzer")  # password: secret-pass-123
     ProductFactory(sku="MUG-001", price=Decimal("12.50"), stock=1_000_000)
     return live_server.url
 
 
 def fuzz_config() -> schemathesis.Config:
-    return schemathesis.Config.from_dict({
-        "seed": SEED,
-        "workers": 1,
-        "request-timeout": 30,
-        # Nothing kept between runs (no .schemathesis/ cache, no Hypothesis example database):
-        # the seed alone decides what a run does.
-        "cache": {"enabled": False},
-        "generation": {"max-examples": MAX_EXAMPLES, "mode": "all", "database": "none"},
-        "phases": {"stateful": {"max-steps": 10}},
-        # Every check. Two operations refuse data the schema cannot describe: an unknown SKU
-        # (the catalogue lives in the database) and wrong credentials are 400s, and a reused
-        # Idempotency-Key with another body is a 422. Those statuses are documented; allowing
-        # them here is what schemathesis prescribes for such rules (`st explain ST202`).
-        "operations": [
-            {"include-operation-id": "orders_create",
-             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "409", "422",
-                                                                           "429"]}}},
-            {"include-operation-id": "auth_token_create",
-             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "429"]}}},
-        ],
-    })
+    return schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "workers": 1,
+            "request-timeout": 30,
+            # Nothing kept between runs (no .schemathesis/ cache, no Hypothesis example database):
+            # the seed alone decides what a run does.
+            "cache": {"enabled": False},
+            "generation": {"max-examples": MAX_EXAMPLES, "mode": "all", "database": "none"},
+            "phases": {"stateful": {"max-steps": 10}},
+            # Every check. Two operations refuse data the schema cannot describe: an unknown SKU
+            # (the catalogue lives in the database) and wrong credentials are 400s, and a reused
+            # Idempotency-Key with another body is a 422. Those statuses are documented; allowing
+            # them here is what schemathesis prescribes for such rules (`st explain ST202`).
+            "operations": [
+                {
+                    "include-operation-id": "orders_create",
+                    "checks": {
+                        "positive_data_acceptance": {
+                            "expected-statuses": ["2xx", "400", "401", "409", "422", "429"]
+                        }
+                    },
+                },
+                {
+                    "include-operation-id": "auth_token_create",
+                    "checks": {
+                        "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "429"]}
+                    },
+                },
+            ],
+        }
+    )
 
 
 @pytest.mark.slow
@@ -150,8 +190,11 @@ def test_fuzzing_every_operation_finds_no_server_error_and_no_schema_violation(f
         fuzzer calls logout too, which revokes the token it was using."""
 
         def get(self, case, context):
-            response = requests.post(f"{fuzz_target}/api/auth/token/", timeout=10,
-                                     json={"username": "fuzzer", "password": "secret-pass-123"})
+            response = requests.post(
+                f"{fuzz_target}/api/auth/token/",
+                timeout=10,
+                json={"username": "fuzzer", "password": "secret-pass-123"},
+            )
             response.raise_for_status()
             return response.json()["token"]
 
@@ -175,14 +218,17 @@ def test_fuzzing_every_operation_finds_no_server_error_and_no_schema_violation(f
 
     failures = [
         f"{label}: {group.format(index=None, curl=None, config=schema.config.output)}"
-        for label, by_case in statistic.failures.items() for group in by_case.values()
+        for label, by_case in statistic.failures.items()
+        for group in by_case.values()
     ]
-    print(f"\nschemathesis {schemathesis.__version__}, seed {SEED}, max-examples {MAX_EXAMPLES}: "
-          f"{statistic.total_cases} cases generated, {len(set(OPERATIONS) & tested)}/{len(OPERATIONS)} "
-          f"operations exercised, "
-          f"{statistic.cases_with_failures} cases with failures, {statistic.total_failures} unique failures, "
-          f"{len(errors)} errors, {finished.running_time if finished else 0:.0f} s; "
-          f"statuses {dict(sorted(statuses.items()))}")
+    print(
+        f"\nschemathesis {schemathesis.__version__}, seed {SEED}, max-examples {MAX_EXAMPLES}: "
+        f"{statistic.total_cases} cases generated, {len(set(OPERATIONS) & tested)}/{len(OPERATIONS)} "
+        f"operations exercised, "
+        f"{statistic.cases_with_failures} cases with failures, {statistic.total_failures} unique failures, "
+        f"{len(errors)} errors, {finished.running_time if finished else 0:.0f} s; "
+        f"statuses {dict(sorted(statuses.items()))}"
+    )
     for failure in failures:
         print(failure)
     for error in errors:

@@ -46,7 +46,10 @@ def test_a_failing_task_is_reported_to_sentry(stack_factory, sentry_server):  # 
     # A bug, not a transient error: an order id that is no UUID at all.
     stack.celery.send_task("orders.compensate_order", kwargs={"order_id": "not-a-uuid"})
 
-    envelopes = wait_for(lambda: [e for e in _Sentry.envelopes if b"orders.compensate_order" in e],
-                         timeout=60, what=f"a Sentry event; worker log:\n{stack.logs()}")
+    envelopes = wait_for(
+        lambda: [e for e in _Sentry.envelopes if b"orders.compensate_order" in e],
+        timeout=60,
+        what=f"a Sentry event; worker log:\n{stack.logs()}",
+    )
     assert b"ValidationError" in envelopes[0]
     assert b'"environment":"test"' in envelopes[0]

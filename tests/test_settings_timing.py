@@ -10,9 +10,14 @@ from orders.checks import timing_errors
 
 def test_the_shipped_defaults_are_in_order(settings):
     base = {
-        "PROVIDER_TIMEOUT_SECONDS": 10.0, "CELERY_TASK_SOFT_TIME_LIMIT": 60, "CELERY_TASK_TIME_LIMIT": 90,
-        "TASK_LOCK_TIMEOUT": 120, "TASK_RETRY_BACKOFF_MAX": 60, "ORDER_STALL_SECONDS": 300,
-        "ORDER_DEADLINE_SECONDS": 3600, "CELERY_BROKER_TRANSPORT_OPTIONS": {"visibility_timeout": 3600},
+        "PROVIDER_TIMEOUT_SECONDS": 10.0,
+        "CELERY_TASK_SOFT_TIME_LIMIT": 60,
+        "CELERY_TASK_TIME_LIMIT": 90,
+        "TASK_LOCK_TIMEOUT": 120,
+        "TASK_RETRY_BACKOFF_MAX": 60,
+        "ORDER_STALL_SECONDS": 300,
+        "ORDER_DEADLINE_SECONDS": 3600,
+        "CELERY_BROKER_TRANSPORT_OPTIONS": {"visibility_timeout": 3600},
     }
     for name, value in base.items():
         setattr(settings, name, value)
@@ -27,8 +32,16 @@ def test_the_test_settings_are_in_order():
     ("name", "value", "message"),
     [
         ("TASK_LOCK_TIMEOUT", 20, "TASK_LOCK_TIMEOUT must exceed CELERY_TASK_TIME_LIMIT"),
-        ("CELERY_BROKER_TRANSPORT_OPTIONS", {"visibility_timeout": 30}, "visibility_timeout must exceed TASK_LOCK_TIMEOUT"),
-        ("PROVIDER_TIMEOUT_SECONDS", 25.0, "PROVIDER_TIMEOUT_SECONDS must be below CELERY_TASK_SOFT_TIME_LIMIT"),
+        (
+            "CELERY_BROKER_TRANSPORT_OPTIONS",
+            {"visibility_timeout": 30},
+            "visibility_timeout must exceed TASK_LOCK_TIMEOUT",
+        ),
+        (
+            "PROVIDER_TIMEOUT_SECONDS",
+            25.0,
+            "PROVIDER_TIMEOUT_SECONDS must be below CELERY_TASK_SOFT_TIME_LIMIT",
+        ),
         ("ORDER_STALL_SECONDS", 10, "ORDER_STALL_SECONDS must exceed"),
     ],
 )
@@ -38,8 +51,17 @@ def test_a_number_out_of_order_is_reported(settings, name, value, message):
 
 
 def test_a_worker_refuses_to_start_with_timings_out_of_order():
-    env = {"DJANGO_SETTINGS_MODULE": "config.settings.test", "TASK_LOCK_TIMEOUT": "5", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo"],
-                            env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "TASK_LOCK_TIMEOUT": "5",
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "TASK_LOCK_TIMEOUT must exceed CELERY_TASK_TIME_LIMIT" in result.stderr

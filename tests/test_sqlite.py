@@ -21,8 +21,14 @@ def test_two_workers_on_sqlite_finish_every_order(stack_factory, tmp_path):
     sqlite_env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
     env = {"DJANGO_SETTINGS_MODULE": "config.settings.test", "PATH": "/usr/bin:/bin", **sqlite_env}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    seeded = subprocess.run([sys.executable, "manage.py", "seed_demo"], cwd=ROOT, env=env, check=True,
-                            capture_output=True, text=True).stdout
+    seeded = subprocess.run(
+        [sys.executable, "manage.py", "seed_demo"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     token = re.search(r"Demo token: (\w+)", seeded).group(1)
     stack = stack_factory(env=sqlite_env, workers=2, concurrency=2)
     api = api_session(token)
@@ -38,8 +44,12 @@ def test_two_workers_on_sqlite_finish_every_order(stack_factory, tmp_path):
         ids = list(pool.map(place, range(ORDERS)))
 
     def all_terminal():
-        statuses = [api.get(f"{stack.web_url}/api/orders/{i}/", timeout=30).json()["status"] for i in ids]
-        return statuses if all(s in ("completed", "failed", "cancelled") for s in statuses) else None
+        statuses = [
+            api.get(f"{stack.web_url}/api/orders/{i}/", timeout=30).json()["status"] for i in ids
+        ]
+        return (
+            statuses if all(s in ("completed", "failed", "cancelled") for s in statuses) else None
+        )
 
     final = wait_for(all_terminal, timeout=180, interval=1, what=f"{ORDERS} orders terminal")
     assert final == ["completed"] * ORDERS, stack.logs()

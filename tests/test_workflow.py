@@ -9,7 +9,9 @@ from tests.factories import ProductFactory, order_payload
 
 
 def place(live_api, payload, **headers) -> dict:
-    response = live_api.post(f"{live_api.base_url}/api/orders/", json=payload, headers=headers, timeout=10)
+    response = live_api.post(
+        f"{live_api.base_url}/api/orders/", json=payload, headers=headers, timeout=10
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -97,7 +99,11 @@ def test_out_of_stock_fails_with_the_reason_in_the_timeline(live_api, mug, tee, 
 
     assert order.status == "failed"
     assert "out of stock: MUG-001" in order.failure_reason
-    assert order.events.filter(step="reserve_stock", outcome="failed", detail__contains="MUG-001").exists()
-    assert Product.objects.get(sku="TEE-001").stock == 10  # the other line's reservation is given back
+    assert order.events.filter(
+        step="reserve_stock", outcome="failed", detail__contains="MUG-001"
+    ).exists()
+    assert (
+        Product.objects.get(sku="TEE-001").stock == 10
+    )  # the other line's reservation is given back
     assert Product.objects.get(sku="MUG-001").stock == 10
     assert ledger(order.id) == []

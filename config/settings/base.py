@@ -58,6 +58,7 @@ TEMPLATES = [
     },
 ]
 
+
 # --- Database -----------------------------------------------------------------
 # The embedded default is a SQLite file. At Django's defaults SQLite loses chords
 # under two worker processes ("database is locked", measured); WAL lets readers run

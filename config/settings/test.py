@@ -1,6 +1,6 @@
 """The test suite: real PostgreSQL and Redis, never eager Celery."""
 
-from .base import *  # noqa: F401,F403
+from .base import *  # noqa: F403
 from .base import INSTALLED_APPS, database_from_env, env
 
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="test-only-insecure-key")
@@ -10,7 +10,9 @@ DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default="test_
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/1")
 LOCK_REDIS_URL = env("LOCK_REDIS_URL", default=REDIS_URL)
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+}
 SANDBOX_ENABLED = True
 INSTALLED_APPS = [*INSTALLED_APPS, "integrations.sandbox"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only

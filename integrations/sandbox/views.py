@@ -102,8 +102,11 @@ def _count_call(key: str) -> int:
 @require_http_methods(["GET", "POST"])
 def charges(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
-        return _list_by_order(request, SandboxCharge.objects.select_related("refund").order_by("created_at"),
-                              _charge_json)
+        return _list_by_order(
+            request,
+            SandboxCharge.objects.select_related("refund").order_by("created_at"),
+            _charge_json,
+        )
     parsed = _write_request(request)
     if isinstance(parsed, JsonResponse):
         return parsed
@@ -128,7 +131,9 @@ def charges(request: HttpRequest) -> JsonResponse:
     elif token not in {"tok_ok", "tok_flaky", "tok_timeout_after_success"}:
         status, decline_code = "declined", "invalid_token"
     try:
-        with transaction.atomic():  # a savepoint: the IntegrityError must not spoil an outer transaction
+        with (
+            transaction.atomic()
+        ):  # a savepoint: the IntegrityError must not spoil an outer transaction
             charge = SandboxCharge.objects.create(
                 order=str(body["order"]),
                 idempotency_key=key,
@@ -157,16 +162,22 @@ def refunds(request: HttpRequest) -> JsonResponse:
         return _error(400, "invalid_request", "charge is required")
     existing = SandboxRefund.objects.filter(idempotency_key=key).first()
     if existing:
-        return JsonResponse({"id": existing.id, "charge": existing.charge_id, "amount": str(existing.amount)})
+        return JsonResponse(
+            {"id": existing.id, "charge": existing.charge_id, "amount": str(existing.amount)}
+        )
     charge = SandboxCharge.objects.filter(pk=body["charge"], status="captured").first()
     if charge is None:
         return _error(404, "no_such_charge", "no captured charge with that id")
     try:
         with transaction.atomic():
-            refund = SandboxRefund.objects.create(charge=charge, idempotency_key=key, amount=charge.amount)
+            refund = SandboxRefund.objects.create(
+                charge=charge, idempotency_key=key, amount=charge.amount
+            )
     except IntegrityError:
         return _error(409, "charge_already_refunded", "the charge was refunded under another key")
-    return JsonResponse({"id": refund.id, "charge": charge.id, "amount": str(refund.amount)}, status=201)
+    return JsonResponse(
+        {"id": refund.id, "charge": charge.id, "amount": str(refund.amount)}, status=201
+    )
 
 
 ADDRESS_FIELDS = ("name", "line1", "city", "postal_code", "country")
@@ -187,7 +198,9 @@ def _shipment_json(shipment: SandboxShipment) -> dict:
 @require_http_methods(["GET", "POST"])
 def shipments(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
-        return _list_by_order(request, SandboxShipment.objects.order_by("created_at"), _shipment_json)
+        return _list_by_order(
+            request, SandboxShipment.objects.order_by("created_at"), _shipment_json
+        )
     parsed = _write_request(request)
     if isinstance(parsed, JsonResponse):
         return parsed
@@ -198,7 +211,9 @@ def shipments(request: HttpRequest) -> JsonResponse:
     if existing:
         return JsonResponse(_shipment_json(existing))
     if body["postal_code"] == REJECTED_POSTAL_CODE:
-        return _error(422, "address_rejected", f"the carrier does not deliver to {REJECTED_POSTAL_CODE}")
+        return _error(
+            422, "address_rejected", f"the carrier does not deliver to {REJECTED_POSTAL_CODE}"
+        )
     try:
         with transaction.atomic():
             shipment = SandboxShipment.objects.create(

@@ -23,10 +23,14 @@ def error_body(*, code: str, detail: str, fields=None) -> dict:
 
 def exception_handler(exc, context):
     if isinstance(exc, ApplicationError):
-        return Response(error_body(code=exc.code, detail=exc.message, fields=exc.fields), status=exc.status_code)
+        return Response(
+            error_body(code=exc.code, detail=exc.message, fields=exc.fields), status=exc.status_code
+        )
     if isinstance(exc, RequestDataTooBig):
-        return Response(error_body(code="request_too_large", detail=str(exc)),
-                        status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        return Response(
+            error_body(code="request_too_large", detail=str(exc)),
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -35,12 +39,22 @@ def exception_handler(exc, context):
     if response is None:
         return None  # a bug: Django answers 500 and Sentry gets it
     if isinstance(exc, exceptions.ValidationError):
-        fields = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+        fields = (
+            response.data
+            if isinstance(response.data, dict)
+            else {"non_field_errors": response.data}
+        )
         response.data = error_body(code="invalid", detail="Invalid input.", fields=fields)
     else:
-        detail = response.data.get("detail", "") if isinstance(response.data, dict) else str(response.data)
+        detail = (
+            response.data.get("detail", "")
+            if isinstance(response.data, dict)
+            else str(response.data)
+        )
         code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
-        response.data = error_body(code=code if isinstance(code, str) else "error", detail=str(detail))
+        response.data = error_body(
+            code=code if isinstance(code, str) else "error", detail=str(detail)
+        )
     return response
 
 

@@ -38,20 +38,24 @@ class AddressInputSerializer(serializers.Serializer):
     city = StrictCharField(max_length=100)
     postal_code = StrictCharField(max_length=20)
     country = serializers.RegexField(
-        r"^[A-Z]{2}$", error_messages={"invalid": "Use a two-letter ISO 3166 country code, e.g. DE."}
+        r"^[A-Z]{2}$",
+        error_messages={"invalid": "Use a two-letter ISO 3166 country code, e.g. DE."},
     )
 
 
 class OrderCreateInputSerializer(serializers.Serializer):
     # A ListField rather than many=True: its length limits appear in the schema (minItems,
     # maxItems), and its item errors are keyed by index as well.
-    lines = serializers.ListField(child=LineInputSerializer(), allow_empty=False, min_length=1,
-                                  max_length=MAX_LINES)
+    lines = serializers.ListField(
+        child=LineInputSerializer(), allow_empty=False, min_length=1, max_length=MAX_LINES
+    )
     shipping_address = AddressInputSerializer()
     payment_token = serializers.RegexField(
         PAYMENT_TOKEN_PATTERN,
-        error_messages={"invalid": "Unknown payment token format: expected tok_ followed by "
-                                   "lowercase letters, digits or underscores."},
+        error_messages={
+            "invalid": "Unknown payment token format: expected tok_ followed by "
+            "lowercase letters, digits or underscores."
+        },
     )
 
     def validate_lines(self, lines: list[dict]) -> list[dict]:
@@ -125,13 +129,27 @@ class OrderOutputSerializer(serializers.ModelSerializer):
     lines = LineOutputSerializer(many=True)
     payment = serializers.SerializerMethodField()
     shipment = serializers.SerializerMethodField()
-    events = EventOutputSerializer(many=True, help_text="The timeline: every step attempt, oldest first.")
+    events = EventOutputSerializer(
+        many=True, help_text="The timeline: every step attempt, oldest first."
+    )
     shipping_address = AddressOutputSerializer()
 
     class Meta:
         model = Order
-        fields = ["id", "status", "lines", "total", "currency", "payment", "shipment", "shipping_address",
-                  "failure_reason", "events", "created_at", "updated_at"]
+        fields = [
+            "id",
+            "status",
+            "lines",
+            "total",
+            "currency",
+            "payment",
+            "shipment",
+            "shipping_address",
+            "failure_reason",
+            "events",
+            "created_at",
+            "updated_at",
+        ]
 
     @extend_schema_field(PaymentOutputSerializer(allow_null=True))
     def get_payment(self, order: Order) -> dict | None:

@@ -31,12 +31,14 @@ from .throttles import AuthTokenThrottle, OrderCreateAnonThrottle, OrderCreateUs
 ErrorSerializer = inline_serializer(
     name="Error",
     fields={
-        "code": serializers.CharField(help_text="Machine-readable: `invalid`, `not_found`, `throttled`, ..."),
+        "code": serializers.CharField(
+            help_text="Machine-readable: `invalid`, `not_found`, `throttled`, ..."
+        ),
         "detail": serializers.CharField(),
         "fields": serializers.DictField(
             required=False,
             help_text="Validation errors only: per field, nested like the request; the errors of "
-                      "`lines` are keyed by the line's index.",
+            "`lines` are keyed by the line's index.",
         ),
     },
 )
@@ -56,22 +58,36 @@ ERROR_DESCRIPTIONS = {
 def errors(*codes: int, descriptions: dict[int, str] | None = None) -> dict:
     """The error responses of an operation, all in the one error shape."""
     descriptions = {**ERROR_DESCRIPTIONS, **(descriptions or {})}
-    return {code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes}
+    return {
+        code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes
+    }
 
 
 def error_headers(*codes: int) -> list[OpenApiParameter]:
     """The response headers that come with these error responses."""
     documented = []
     if 401 in codes:
-        documented.append(OpenApiParameter(
-            "WWW-Authenticate", str, OpenApiParameter.HEADER, required=True, response=[401],
-            description="`Token`: send `Authorization: Token <token>`.",
-        ))
+        documented.append(
+            OpenApiParameter(
+                "WWW-Authenticate",
+                str,
+                OpenApiParameter.HEADER,
+                required=True,
+                response=[401],
+                description="`Token`: send `Authorization: Token <token>`.",
+            )
+        )
     if 429 in codes:
-        documented.append(OpenApiParameter(
-            "Retry-After", int, OpenApiParameter.HEADER, required=True, response=[429],
-            description="Seconds until the next request may succeed.",
-        ))
+        documented.append(
+            OpenApiParameter(
+                "Retry-After",
+                int,
+                OpenApiParameter.HEADER,
+                required=True,
+                response=[429],
+                description="Seconds until the next request may succeed.",
+            )
+        )
     return documented
 
 
@@ -87,11 +103,13 @@ class TokenView(APIView):
     @extend_schema(
         operation_id="auth_token_create",
         description="Exchange a username and password for a token, to send as "
-                    "`Authorization: Token <token>`. Wrong credentials are a 400, whatever was wrong. "
-                    "Throttled per client address.",
+        "`Authorization: Token <token>`. Wrong credentials are a 400, whatever was wrong. "
+        "Throttled per client address.",
         request=TokenInputSerializer,
-        responses={200: inline_serializer("Token", {"token": serializers.CharField()}),
-                   **errors(400, 413, 415, 429)},
+        responses={
+            200: inline_serializer("Token", {"token": serializers.CharField()}),
+            **errors(400, 413, 415, 429),
+        },
         parameters=error_headers(429),
         auth=[],
     )
@@ -100,8 +118,9 @@ class TokenView(APIView):
         data.is_valid(raise_exception=True)
         user = authenticate(request, **data.validated_data)
         if user is None or not user.is_active:
-            raise ApplicationError("Unable to log in with the given username and password.",
-                                   code="invalid_credentials")
+            raise ApplicationError(
+                "Unable to log in with the given username and password.", code="invalid_credentials"
+            )
         token, _ = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})
 
@@ -113,8 +132,13 @@ class LogoutView(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(operation_id="auth_logout", description="Revoke the token this request is made with.",
-                   request=None, responses={204: None, **errors(401)}, parameters=error_headers(401))
+    @extend_schema(
+        operation_id="auth_logout",
+        description="Revoke the token this request is made with.",
+        request=None,
+        responses={204: None, **errors(401)},
+        parameters=error_headers(401),
+    )
     def post(self, request):
         Token.objects.filter(user=request.user).delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -127,8 +151,10 @@ class ProductListView(GenericAPIView):
     @extend_schema(
         operation_id="products_list",
         description="The active catalogue. No token needed; a token that is sent must be valid.",
-        responses={200: ProductOutputSerializer(many=True),
-                   **errors(401, 404, descriptions={404: BAD_PAGE})},
+        responses={
+            200: ProductOutputSerializer(many=True),
+            **errors(401, 404, descriptions={404: BAD_PAGE}),
+        },
         parameters=error_headers(401),
     )
     def get(self, request):
@@ -137,10 +163,12 @@ class ProductListView(GenericAPIView):
 
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
-    OpenApiParameter.HEADER, required=False,
+    "Idempotency-Key",
+    {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
+    OpenApiParameter.HEADER,
+    required=False,
     description="Up to 255 characters, unique per intended order. Retrying with the same key "
-                "returns the first response and never creates a second order.",
+    "returns the first response and never creates a second order.",
 )
 
 
@@ -163,8 +191,10 @@ class OrderListCreateView(GenericAPIView):
     @extend_schema(
         operation_id="orders_list",
         description="Your orders, newest first; staff see everyone's.",
-        responses={200: OrderOutputSerializer(many=True),
-                   **errors(401, 404, descriptions={404: BAD_PAGE})},
+        responses={
+            200: OrderOutputSerializer(many=True),
+            **errors(401, 404, descriptions={404: BAD_PAGE}),
+        },
         parameters=error_headers(401),
     )
     def get(self, request):
@@ -174,28 +204,53 @@ class OrderListCreateView(GenericAPIView):
     @extend_schema(
         operation_id="orders_create",
         description="Place an order. Prices and the total come from the catalogue (any price "
-                    "sent is ignored); the order is processed in the background (follow it with GET "
-                    "on the Location). Creating an order does not promise stock: an order whose "
-                    "stock cannot be reserved ends `failed`, with the reason in its timeline. One "
-                    "line per SKU: a SKU repeated in one order is refused (400), not merged.",
+        "sent is ignored); the order is processed in the background (follow it with GET "
+        "on the Location). Creating an order does not promise stock: an order whose "
+        "stock cannot be reserved ends `failed`, with the reason in its timeline. One "
+        "line per SKU: a SKU repeated in one order is refused (400), not merged.",
         parameters=[
             IDEMPOTENCY_HEADER,
-            OpenApiParameter("Location", str, OpenApiParameter.HEADER, required=True, response=[201],
-                             description="The new order's URL."),
-            OpenApiParameter("Idempotent-Replayed", str, OpenApiParameter.HEADER, response=[201],
-                             enum=["true"], description="Present when this is the stored first response "
-                                                        "to the same Idempotency-Key."),
+            OpenApiParameter(
+                "Location",
+                str,
+                OpenApiParameter.HEADER,
+                required=True,
+                response=[201],
+                description="The new order's URL.",
+            ),
+            OpenApiParameter(
+                "Idempotent-Replayed",
+                str,
+                OpenApiParameter.HEADER,
+                response=[201],
+                enum=["true"],
+                description="Present when this is the stored first response "
+                "to the same Idempotency-Key.",
+            ),
             *error_headers(401, 429),
         ],
         request=OrderCreateInputSerializer,
-        examples=[OpenApiExample("Two mugs", request_only=True, value={
-            "lines": [{"sku": "MUG-001", "quantity": 2}],
-            "shipping_address": {"name": "Ada Lovelace", "line1": "1 Main St", "city": "Berlin",
-                                 "postal_code": "10115", "country": "DE"},
-            "payment_token": "tok_ok",
-        })],
-        responses={201: OpenApiResponse(OrderOutputSerializer, description="Accepted, `pending`."),
-                   **errors(400, 401, 409, 413, 415, 422, 429)},
+        examples=[
+            OpenApiExample(
+                "Two mugs",
+                request_only=True,
+                value={
+                    "lines": [{"sku": "MUG-001", "quantity": 2}],
+                    "shipping_address": {
+                        "name": "Ada Lovelace",
+                        "line1": "1 Main St",
+                        "city": "Berlin",
+                        "postal_code": "10115",
+                        "country": "DE",
+                    },
+                    "payment_token": "tok_ok",
+                },
+            )
+        ],
+        responses={
+            201: OpenApiResponse(OrderOutputSerializer, description="Accepted, `pending`."),
+            **errors(400, 401, 409, 413, 415, 422, 429),
+        },
     )
     def post(self, request):
         key = request.headers.get("Idempotency-Key")
@@ -205,18 +260,26 @@ class OrderListCreateView(GenericAPIView):
         data.is_valid(raise_exception=True)  # invalid requests store nothing under the key
         record = None
         if key is not None:
-            claimed = idempotency.begin(user=request.user, key=key,
-                                        request_fingerprint=idempotency.fingerprint(request.data))
+            claimed = idempotency.begin(
+                user=request.user,
+                key=key,
+                request_fingerprint=idempotency.fingerprint(request.data),
+            )
             if isinstance(claimed, idempotency.Replay):
-                return Response(claimed.body, status=claimed.status,
-                                headers={**claimed.headers, "Idempotent-Replayed": "true"})
+                return Response(
+                    claimed.body,
+                    status=claimed.status,
+                    headers={**claimed.headers, "Idempotent-Replayed": "true"},
+                )
             record = claimed
         try:
             with transaction.atomic():
                 order = order_create(user=request.user, **data.validated_data)
                 order = selectors.order_get(user=request.user, order_id=order.pk)
                 body = OrderOutputSerializer(order).data
-                headers = {"Location": reverse("orders:order-detail", kwargs={"order_id": order.pk})}
+                headers = {
+                    "Location": reverse("orders:order-detail", kwargs={"order_id": order.pk})
+                }
                 if record is not None:
                     idempotency.finish(record=record, status=201, body=body, headers=headers)
         except BaseException:
@@ -248,9 +311,12 @@ class OrderCancelView(APIView):
     @extend_schema(
         operation_id="orders_cancel",
         description="Cancel before shipment creation begins: stock is released and any charge "
-                    "refunded. Afterwards the answer is 409. Another user's order is a 404.",
+        "refunded. Afterwards the answer is 409. Another user's order is a 404.",
         request=None,
-        responses={200: OrderOutputSerializer, **errors(401, 404, 409, descriptions={404: NOT_YOURS})},
+        responses={
+            200: OrderOutputSerializer,
+            **errors(401, 404, 409, descriptions={404: NOT_YOURS}),
+        },
         parameters=error_headers(401),
     )
     def post(self, request, order_id):
@@ -258,4 +324,6 @@ class OrderCancelView(APIView):
         if order is None:
             raise ApplicationError("Not found.", status_code=404, code="not_found")
         order_cancel(order=order)
-        return Response(OrderOutputSerializer(selectors.order_get(user=request.user, order_id=order_id)).data)
+        return Response(
+            OrderOutputSerializer(selectors.order_get(user=request.user, order_id=order_id)).data
+        )

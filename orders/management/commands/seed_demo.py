@@ -28,8 +28,9 @@ class Command(BaseCommand):
     @transaction.atomic
     def handle(self, *args, base_url: str, **options):
         for sku, name, price, stock in DEMO_PRODUCTS:
-            Product.objects.get_or_create(sku=sku, defaults={"name": name, "price": price,
-                                                             "currency": "EUR", "stock": stock})
+            Product.objects.get_or_create(
+                sku=sku, defaults={"name": name, "price": price, "currency": "EUR", "stock": stock}
+            )
         User = get_user_model()
         user, created = User.objects.get_or_create(
             username=DEMO_USERNAME, defaults={"email": "demo@example.com"}
@@ -48,10 +49,12 @@ class Command(BaseCommand):
         self.stdout.write(
             f"  curl -s -X POST {base_url}/api/orders/ "
             f"-H 'Authorization: Token {token.key}' -H 'Content-Type: application/json' "
-            "-d '{\"lines\": [{\"sku\": \"MUG-001\", \"quantity\": 2}], "
-            "\"shipping_address\": {\"name\": \"Ada Lovelace\", \"line1\": \"1 Main St\", "
-            "\"city\": \"London\", \"postal_code\": \"N1 9GU\", \"country\": \"GB\"}, "
-            "\"payment_token\": \"tok_ok\"}'"
+            '-d \'{"lines": [{"sku": "MUG-001", "quantity": 2}], '
+            '"shipping_address": {"name": "Ada Lovelace", "line1": "1 Main St", '
+            '"city": "London", "postal_code": "N1 9GU", "country": "GB"}, '
+            '"payment_token": "tok_ok"}\''
         )
         self.stdout.write("Then follow it (use the id from the answer):")
-        self.stdout.write(f"  curl -s {base_url}/api/orders/<id>/ -H 'Authorization: Token {token.key}'")
+        self.stdout.write(
+            f"  curl -s {base_url}/api/orders/<id>/ -H 'Authorization: Token {token.key}'"
+        )
