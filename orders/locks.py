@@ -7,15 +7,21 @@ redis-py's Lock stores a random token and releases only if the token still match
 copy whose lock expired cannot release the lock of the copy that took it over.
 """
 
+from __future__ import annotations
+
 import logging
 import random
 import threading
 from functools import lru_cache
+from typing import Any
 
 import redis
 from celery import Task
 from django.conf import settings
 from redis.exceptions import LockError
+from redis.lock import Lock
+
+from .models import OrderId
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +36,20 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.LOCK_REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
 
-def step_lock(name: str) -> redis.lock.Lock:
+def lock_key(*, step: str, order_id: OrderId, line_id: int | None = None) -> str:
+    """The one name of the lock of a step of an order (and of a line, for reservations, so
+    that an order's lines reserve in parallel). The task, the compensation (which takes the
+    charge step's lock) and the sweep (which takes the lock of the step in flight before it
+    fails an order) all build it here."""
+    key = f"lock:{step}:{order_id}"
+    return key if line_id is None else f"{key}:{line_id}"
+
+
+def step_lock(name: str) -> Lock:
     # Outlives the hard time limit (checked at start-up, orders/checks.py): a task that is
     # still running always still holds its lock, and a task killed with its worker leaves a
     # lock that frees itself after at most TASK_LOCK_TIMEOUT.
-    return redis_client().lock(f"lock:{name}", timeout=settings.TASK_LOCK_TIMEOUT, blocking=False)
+    return redis_client().lock(name, timeout=settings.TASK_LOCK_TIMEOUT, blocking=False)
 
 
 class StepBusy(Exception):
@@ -53,22 +68,28 @@ class UniqueStepTask(Task):
     """
 
     abstract = True
+    # The step whose lock this task takes (orders.models.Step); lock_per_line for one lock
+    # per order line.
+    lock_step: str = ""
+    lock_per_line: bool = False
 
-    def lock_name(self, args: tuple, kwargs: dict) -> str:
-        return f"{self.name}:{kwargs['order_id']}"
+    def lock_name(self, kwargs: dict[str, Any]) -> str:
+        line_id = kwargs["line_id"] if self.lock_per_line else None
+        # Messages carry the order id as a string.
+        return lock_key(step=self.lock_step, order_id=OrderId(kwargs["order_id"]), line_id=line_id)
 
-    def on_lock_busy(self, kwargs: dict) -> None:
+    def on_lock_busy(self, kwargs: dict[str, Any]) -> None:
         """Hook for the timeline."""
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.is_eager:
             raise RuntimeError("workflow steps must run on a worker, never eagerly")
-        lock = step_lock(self.lock_name(args, kwargs))
+        lock = step_lock(self.lock_name(kwargs))
         try:
             acquired = lock.acquire()
         except redis.RedisError as exc:
             # Without the lock the step must not run; Redis is back in seconds, usually.
-            raise self.retry(exc=exc, countdown=random.uniform(1, 3))
+            raise self.retry(exc=exc, countdown=random.uniform(1, 3)) from exc
         if not acquired:
             self.on_lock_busy(kwargs)
             if self.request.retries >= self.max_retries:
@@ -91,7 +112,7 @@ class UniqueStepTask(Task):
         finally:
             self._release_step_lock()
 
-    def retry(self, *args, **kwargs):
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
         # The attempt is over: free the step before its retry is published, or a retry with a
         # short countdown would find this attempt's lock still held.
         self._release_step_lock()

@@ -1,4 +1,5 @@
 import uuid
+from typing import TypeAlias
 
 from django.conf import settings
 from django.db import models
@@ -37,9 +38,46 @@ class OrderStatus(models.TextChoices):
     CANCELLED = "cancelled"  # terminal: cancelled by the customer or staff before shipment
 
 
-TERMINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.CANCELLED})
-# The customer may cancel until shipment creation begins.
-CANCELLABLE_STATUSES = frozenset({OrderStatus.PENDING, OrderStatus.RESERVING, OrderStatus.PAYING})
+# The order's one identifier type inside the app. Celery messages carry it as a string;
+# tasks turn it back into a UUID at the boundary (orders/tasks.py).
+OrderId: TypeAlias = uuid.UUID
+
+# The state machine: every move an order's status may make. orders/state.py's
+# order_transition is the one function that changes a status, and it refuses any move not
+# listed here. Everything else about statuses is derived from this table.
+ORDER_TRANSITIONS: dict[str, frozenset[str]] = {
+    # The first line's reservation moves the order to `reserving`, the last one to `paying`
+    # (an order of one line goes straight to `paying`).
+    OrderStatus.PENDING: frozenset(
+        {OrderStatus.RESERVING, OrderStatus.PAYING, OrderStatus.FAILED, OrderStatus.CANCELLED}
+    ),
+    OrderStatus.RESERVING: frozenset(
+        {OrderStatus.PAYING, OrderStatus.FAILED, OrderStatus.CANCELLED}
+    ),
+    OrderStatus.PAYING: frozenset(
+        {OrderStatus.SHIPPING, OrderStatus.FAILED, OrderStatus.CANCELLED}
+    ),
+    # Shipment creation has begun: the customer can no longer cancel, but a carrier that
+    # refuses the shipment for good still fails the order (its charge is refunded).
+    OrderStatus.SHIPPING: frozenset({OrderStatus.CONFIRMING, OrderStatus.FAILED}),
+    # The shipment exists: the goods are on their way and nothing may be refunded, so the
+    # only way out is completion.
+    OrderStatus.CONFIRMING: frozenset({OrderStatus.COMPLETED}),
+    OrderStatus.COMPLETED: frozenset(),
+    OrderStatus.FAILED: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+}
+TERMINAL_STATUSES = frozenset(s for s, moves in ORDER_TRANSITIONS.items() if not moves)
+# The customer (or staff) may cancel until shipment creation begins.
+CANCELLABLE_STATUSES = frozenset(
+    s for s, moves in ORDER_TRANSITIONS.items() if OrderStatus.CANCELLED in moves
+)
+# A step, the sweep or staff may fail the order in these; never once it has shipped.
+FAILABLE_STATUSES = frozenset(
+    s for s, moves in ORDER_TRANSITIONS.items() if OrderStatus.FAILED in moves
+)
+# Ended orders whose compensation (refund, email) runs after the status change.
+COMPENSATED_STATUSES = frozenset({OrderStatus.FAILED, OrderStatus.CANCELLED})
 
 
 class Order(models.Model):
@@ -81,7 +119,7 @@ class Order(models.Model):
         return self.status in TERMINAL_STATUSES
 
     @property
-    def shipping_address(self) -> dict:
+    def shipping_address(self) -> dict[str, str]:
         return {
             "name": self.ship_name,
             "line1": self.ship_line1,
@@ -204,13 +242,36 @@ class Outcome(models.TextChoices):
     CANCELLED = "cancelled"
 
 
+class ActorKind(models.TextChoices):
+    CUSTOMER = "customer"  # the order's owner, through the API
+    STAFF = "staff"  # a staff user, through the API or the admin
+    SYSTEM = "system"  # the workflow, the sweep
+
+
 class OrderEvent(models.Model):
-    """The order's timeline: one row per step attempt and per change of status."""
+    """The order's timeline: one row per step attempt and per change of status. Clients and
+    tests read `reason_code` and `data`; `detail` is the same for a person to read."""
 
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="events")
     step = models.CharField(max_length=32, choices=Step.choices)
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     attempt = models.PositiveIntegerField(default=1)
+    # The status the order moved to with this event, if it moved.
+    status = models.CharField(max_length=16, choices=OrderStatus.choices, blank=True)
+    actor_kind = models.CharField(
+        max_length=16, choices=ActorKind.choices, default=ActorKind.SYSTEM
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The customer or staff user who acted; empty for the system.",
+    )
+    # A stable, machine-readable reason: "out_of_stock", "payment_declined", "deadline", ...
+    reason_code = models.CharField(max_length=64, blank=True)
+    data = models.JSONField(default=dict, blank=True)
     detail = models.TextField(blank=True)
     at = models.DateTimeField(auto_now_add=True)
 

@@ -8,47 +8,35 @@ an order that is in fact still moving is harmless: the steps hold locks and are 
 An order past ORDER_DEADLINE_SECONDS that has not shipped is failed and compensated instead.
 """
 
+from __future__ import annotations
+
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Max, Q
+from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 from redis.exceptions import LockError, RedisError
+from redis.lock import Lock
 
-from . import workflow
-from .locks import step_lock
-from .models import Order, OrderStatus, Outcome, Step
-from .services import event_record, order_fail
+from . import services
+from .locks import lock_key, step_lock
+from .models import COMPENSATED_STATUSES, FAILABLE_STATUSES, TERMINAL_STATUSES, Order, Step
+from .state import STEP_IN_FLIGHT
 
 logger = logging.getLogger(__name__)
 
 # Orders handled per sweep: keeps one sweep well inside its time limit; the rest wait for
 # the next sweep.
 SWEEP_BATCH = 500
-# Statuses whose orders are failed at the deadline; a shipped order is finished instead.
-EXPIRABLE = (OrderStatus.PENDING, OrderStatus.RESERVING, OrderStatus.PAYING, OrderStatus.SHIPPING)
-# The lock of the step an expiring order is in: failing it must not race that step's
-# provider call (a charge or a shipment in flight).
-STEP_TASK_OF_STATUS = {
-    OrderStatus.PAYING: "orders.charge_payment",
-    OrderStatus.SHIPPING: "orders.create_shipment",
-}
 
 
-def stalled_orders(*, now=None):
+def stalled_orders(*, now: datetime | None = None) -> QuerySet[Order]:
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.ORDER_STALL_SECONDS)
-    unfinished = Q(
-        status__in=[
-            s
-            for s in OrderStatus.values
-            if s not in (OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.CANCELLED)
-        ]
-    )
-    uncompensated = Q(
-        status__in=[OrderStatus.FAILED, OrderStatus.CANCELLED], compensated_at__isnull=True
-    )
+    unfinished = ~Q(status__in=TERMINAL_STATUSES)
+    uncompensated = Q(status__in=COMPENSATED_STATUSES, compensated_at__isnull=True)
     return (
         Order.objects.filter(unfinished | uncompensated, updated_at__lt=cutoff)
         .annotate(last_event_at=Max("events__at"))
@@ -57,8 +45,8 @@ def stalled_orders(*, now=None):
     )
 
 
-def sweep() -> dict:
-    lock = step_lock("sweep")
+def sweep() -> dict[str, Any]:
+    lock = step_lock("lock:sweep")
     if not lock.acquire():
         return {"skipped": "another sweep is running"}
     resumed = expired = 0
@@ -67,16 +55,12 @@ def sweep() -> dict:
         deadline = now - timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
         for order in stalled_orders(now=now):
             idle = int((now - (order.last_event_at or order.updated_at)).total_seconds())
-            if order.status in EXPIRABLE and order.created_at < deadline:
+            if order.status in FAILABLE_STATUSES and order.created_at < deadline:
                 expired += _expire(order)
                 continue
-            event_record(
-                order=order,
-                step=Step.RECOVERY,
-                outcome=Outcome.RESUMED,
-                detail=f"resumed at {order.status} after {idle}s without progress",
+            services.order_resume(
+                order=order, detail=f"resumed at {order.status} after {idle}s without progress"
             )
-            workflow.resume(order=order)
             resumed += 1
     finally:
         _release_quietly(lock)
@@ -86,8 +70,8 @@ def sweep() -> dict:
 
 
 def _expire(order: Order) -> int:
-    task_name = STEP_TASK_OF_STATUS.get(order.status)
-    lock = step_lock(f"{task_name}:{order.id}") if task_name else None
+    step = STEP_IN_FLIGHT.get(order.status)
+    lock = step_lock(lock_key(step=step, order_id=order.id)) if step else None
     if lock is not None and not lock.acquire():
         return 0  # the step is running right now; the next sweep decides
     try:
@@ -96,13 +80,17 @@ def _expire(order: Order) -> int:
         if status != order.status:
             return 0
         reason = f"deadline of {settings.ORDER_DEADLINE_SECONDS}s passed at {order.status}"
-        return int(order_fail(order_id=order.id, step=Step.RECOVERY, reason=reason))
+        return int(
+            services.order_fail(
+                order_id=order.id, step=Step.RECOVERY, reason_code="deadline", reason=reason
+            )
+        )
     finally:
         if lock is not None:
             _release_quietly(lock)
 
 
-def _release_quietly(lock) -> None:
+def _release_quietly(lock: Lock) -> None:
     try:
         lock.release()
     except (LockError, RedisError):  # expired or Redis gone: nothing left to release

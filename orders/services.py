@@ -1,5 +1,12 @@
-"""Writes: every change of an order's status happens here, under a row lock, with an entry
-in the order's timeline, and side effects scheduled with transaction.on_commit."""
+"""Writes that the API, the admin, the sweep and the steps share: creating, cancelling,
+failing, completing and resuming an order, and the bookkeeping of its compensation.
+
+Each one runs in a transaction under the order's row lock, changes the status only through
+orders/state.py's `order_transition`, and schedules its side effects through
+orders/dispatch.py, which sends them once the transaction has committed.
+"""
+
+from __future__ import annotations
 
 import logging
 from decimal import Decimal
@@ -8,33 +15,28 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 
-from . import workflow
+from . import dispatch
 from .errors import ApplicationError, Conflict
 from .models import (
     CANCELLABLE_STATUSES,
+    FAILABLE_STATUSES,
     LineReservation,
     Order,
-    OrderEvent,
+    OrderId,
     OrderLine,
     OrderStatus,
     Outcome,
     Product,
     Step,
 )
+from .state import SYSTEM, Actor, event_record, lock_order, order_transition
 
 logger = logging.getLogger(__name__)
 
 # Order.total has 14 digits, 2 after the point.
 MAX_TOTAL = Decimal("1e12")
-
-
-def event_record(
-    *, order: Order, step: str, outcome: str, attempt: int = 1, detail: str = ""
-) -> OrderEvent:
-    return OrderEvent.objects.create(
-        order=order, step=step, outcome=outcome, attempt=attempt, detail=detail[:2000]
-    )
 
 
 def order_create(
@@ -87,16 +89,18 @@ def order_create(
             order=order,
             step=Step.ORDER,
             outcome=Outcome.CREATED,
+            status=OrderStatus.PENDING,
+            reason_code="created",
+            actor=Actor.for_user(user),
+            data={"lines": len(lines), "total": str(total), "currency": order.currency},
             detail=f"{len(lines)} line(s), total {total} {order.currency}",
         )
-        order_id = order.id
-        # robust: if the broker is down the order is still accepted; the recovery sweep
-        # starts it once it has waited ORDER_STALL_SECONDS.
-        transaction.on_commit(lambda: workflow.start(order_id=order_id), robust=True)
+        # If the broker is down the order is still accepted: the recovery sweep starts it.
+        dispatch.workflow_start(order_id=order.id)
     return order
 
 
-def _release_reservations(order: Order) -> int:
+def _reservations_release(order: Order) -> int:
     """Give back the stock of every reserved line. Caller holds the order's row lock."""
     released = 0
     # Lines in product order, so that two releases never wait on each other's rows.
@@ -108,48 +112,73 @@ def _release_reservations(order: Order) -> int:
     return released
 
 
-def _end_order(
-    *, order: Order, status: str, step: str, outcome: str, detail: str, attempt: int = 1
+def _order_end(
+    *,
+    order: Order,
+    status: str,
+    step: str,
+    outcome: str,
+    reason_code: str,
+    detail: str,
+    attempt: int,
+    actor: Actor,
 ) -> None:
-    """Move a locked, non-terminal order to failed or cancelled and schedule compensation."""
-    released = _release_reservations(order)
-    order.status = status
-    if status == OrderStatus.FAILED:
-        order.failure_reason = detail
-    order.save(update_fields=["status", "failure_reason", "updated_at"])
+    """Move a locked order to failed or cancelled, release its stock now, and compensate
+    (refund, email) in the background."""
+    released = _reservations_release(order)
     suffix = f"; {released} unit(s) of stock released" if released else ""
-    event_record(order=order, step=step, outcome=outcome, attempt=attempt, detail=detail + suffix)
-    order_id = order.id
-    transaction.on_commit(lambda: workflow.compensate(order_id=order_id), robust=True)
+    order_transition(
+        order=order,
+        to=status,
+        step=step,
+        outcome=outcome,
+        reason_code=reason_code,
+        detail=detail + suffix,
+        attempt=attempt,
+        actor=actor,
+        data={"released_units": released},
+        failure_reason=detail,
+    )
+    dispatch.compensation_start(order_id=order.id)
 
 
-def order_fail(*, order_id, reason: str, step: str = Step.ORDER, attempt: int = 1) -> bool:
+def order_fail(
+    *,
+    order_id: OrderId,
+    reason: str,
+    reason_code: str = "failed",
+    step: str = Step.ORDER,
+    attempt: int = 1,
+    actor: Actor = SYSTEM,
+) -> bool:
     """End the order `failed`: release its stock now, refund and notify in the background.
-    Returns False if the order had already ended."""
+    Returns False, changing nothing, if the order had ended or has shipped (a shipped order
+    is never failed: the goods are out, nothing may be refunded)."""
     with transaction.atomic():
-        order = Order.objects.select_for_update().get(pk=order_id)
-        if order.is_terminal:
+        order = lock_order(order_id)
+        if order.status not in FAILABLE_STATUSES:
+            if order.status == OrderStatus.CONFIRMING:
+                logger.error("order %s is shipped; not failing it (%s)", order_id, reason)
             return False
-        if order.status == OrderStatus.CONFIRMING:
-            # Its shipment exists: the goods are on their way and nothing may be refunded.
-            # Whatever went wrong, the order completes (orders/steps.py send_confirmation).
-            logger.error("order %s is shipped; not failing it (%s)", order_id, reason)
-            return False
-        _end_order(
+        _order_end(
             order=order,
             status=OrderStatus.FAILED,
             step=step,
             outcome=Outcome.FAILED,
+            reason_code=reason_code,
             detail=reason,
             attempt=attempt,
+            actor=actor,
         )
     logger.info("order %s failed: %s", order_id, reason)
     return True
 
 
-def order_cancel(*, order: Order, reason: str = "cancelled by the customer") -> Order:
+def order_cancel(*, order_id: OrderId, actor: Actor, reason: str = "") -> Order:
+    """Cancel the order (stock released now, charge refunded in the background). Cancelling a
+    cancelled order is a no-op; after shipment creation began it is a Conflict."""
     with transaction.atomic():
-        order = Order.objects.select_for_update().get(pk=order.pk)
+        order = lock_order(order_id)
         if order.status == OrderStatus.CANCELLED:
             return order
         if order.status not in CANCELLABLE_STATUSES:
@@ -158,11 +187,66 @@ def order_cancel(*, order: Order, reason: str = "cancelled by the customer") -> 
                 "exists or is being created.",
                 code="not_cancellable",
             )
-        _end_order(
+        _order_end(
             order=order,
             status=OrderStatus.CANCELLED,
             step=Step.ORDER,
             outcome=Outcome.CANCELLED,
-            detail=reason,
+            reason_code="cancelled",
+            detail=reason or f"cancelled by the {actor.describe()}",
+            attempt=1,
+            actor=actor,
         )
     return order
+
+
+def order_complete(
+    *,
+    order_id: OrderId,
+    attempt: int,
+    detail: str = "order completed",
+    reason_code: str = "completed",
+) -> bool:
+    """Complete a shipped order. Returns False if it is not in `confirming`."""
+    with transaction.atomic():
+        order = lock_order(order_id)
+        if order.status != OrderStatus.CONFIRMING:
+            return False
+        order_transition(
+            order=order,
+            to=OrderStatus.COMPLETED,
+            step=Step.ORDER,
+            outcome=Outcome.SUCCEEDED,
+            reason_code=reason_code,
+            detail=detail,
+            attempt=attempt,
+        )
+    return True
+
+
+def order_resume(*, order: Order, detail: str, actor: Actor = SYSTEM) -> None:
+    """Send the rest of an unfinished order's workflow (or its compensation, if it ended and
+    was not compensated), from the step it reached. Safe while the order is still moving:
+    the steps hold locks and are idempotent."""
+    event_record(
+        order=order,
+        step=Step.RECOVERY,
+        outcome=Outcome.RESUMED,
+        reason_code="resumed",
+        actor=actor,
+        data={"status": order.status},
+        detail=detail,
+    )
+    dispatch.workflow_resume(order=order)
+
+
+def compensation_reopen(*, order_id: OrderId) -> None:
+    """A charge was captured after its order had ended: compensation runs (again) and asks
+    the gateway's ledger, which now holds that charge. Caller holds the row lock."""
+    Order.objects.filter(pk=order_id).update(compensated_at=None)
+    dispatch.compensation_start(order_id=order_id)
+
+
+def compensation_done(*, order_id: OrderId) -> None:
+    """Refunds and the customer's email are done for this ended order."""
+    Order.objects.filter(pk=order_id).update(compensated_at=timezone.now())

@@ -1,7 +1,11 @@
-"""Celery tasks: a few lines each: load by id, call a step. What a step does is in steps.py,
-how the steps are chained in workflow.py, and the locking in locks.py."""
+"""Celery tasks: a few lines each: take the order id from the message, call a step or a
+service. What a step does is in steps.py, how the steps are chained in workflow.py (which
+names these tasks), and the locking in locks.py."""
+
+from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -12,11 +16,12 @@ from redis.exceptions import RedisError
 
 from integrations.errors import TransientError
 
-from . import recovery, steps
+from . import idempotency, recovery, services, steps
 from .errors import StepNotReady
 from .locks import StepBusy, UniqueStepTask
-from .models import Order, Outcome, Step
-from .services import event_record, order_fail
+from .models import Order, OrderId, Outcome, Step
+from .state import event_record
+from .workflow import TaskName
 
 logger = logging.getLogger(__name__)
 
@@ -38,26 +43,49 @@ class OrderStepTask(UniqueStepTask):
 
     @property
     def attempt(self) -> int:
-        return self.request.retries + 1
+        return int(self.request.retries) + 1
 
-    def _event(self, order_id, outcome: str, detail: str) -> None:
+    @property
+    def lock_step(self) -> str:  # type: ignore[override]
+        return self.step
+
+    def _event(self, order_id: OrderId, outcome: str, detail: str, reason_code: str) -> None:
         order = Order.objects.filter(pk=order_id).first()
         if order is not None:
             event_record(
-                order=order, step=self.step, outcome=outcome, attempt=self.attempt, detail=detail
+                order=order,
+                step=self.step,
+                outcome=outcome,
+                attempt=self.attempt,
+                detail=detail,
+                reason_code=reason_code,
             )
 
-    def on_lock_busy(self, kwargs: dict) -> None:
-        self._event(kwargs["order_id"], Outcome.BUSY, "another copy of this step is running")
+    def on_lock_busy(self, kwargs: dict[str, Any]) -> None:
+        self._event(
+            OrderId(kwargs["order_id"]),
+            Outcome.BUSY,
+            "another copy of this step is running",
+            "busy",
+        )
 
-    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
+    def on_retry(
+        self, exc: Exception, task_id: str, args: Any, kwargs: dict[str, Any], einfo: Any
+    ) -> None:
         if isinstance(exc, StepBusy):  # already in the timeline as `busy`
             return
-        self._event(kwargs["order_id"], Outcome.RETRYING, f"{exc.__class__.__name__}: {exc}")
+        self._event(
+            OrderId(kwargs["order_id"]),
+            Outcome.RETRYING,
+            f"{exc.__class__.__name__}: {exc}",
+            "transient_error",
+        )
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+    def on_failure(
+        self, exc: Exception, task_id: str, args: Any, kwargs: dict[str, Any], einfo: Any
+    ) -> None:
         """Retries are used up, or the step hit a bug: the order cannot go on."""
-        order_id = kwargs.get("order_id")
+        order_id = kwargs.get("order_id")  # as the message has it: perhaps the bug itself
         if isinstance(exc, BrokerUnavailable):
             # Celery could not publish what follows the step (the chain's next task) because
             # the broker was unreachable: the step did its work and the order is fine. It has
@@ -73,108 +101,113 @@ class OrderStepTask(UniqueStepTask):
         logger.error("%s gave up on order %s: %r", self.name, order_id, exc)
         try:
             self.give_up(
-                order_id,
+                OrderId(order_id),
                 f"{self.step} gave up after {self.attempt} attempt(s): "
                 f"{exc.__class__.__name__}: {exc}",
             )
-        except Exception:  # the sweep will find the order; the original error is what matters
+        except Exception:
+            # logger.exception keeps the error; the sweep finds the order later.
             logger.exception("could not record the failure of order %s", order_id)
 
-    def give_up(self, order_id, reason: str) -> None:
-        order_fail(order_id=order_id, step=self.step, attempt=self.attempt, reason=reason)
+    def give_up(self, order_id: OrderId, reason: str) -> None:
+        services.order_fail(
+            order_id=order_id,
+            step=self.step,
+            attempt=self.attempt,
+            reason_code="gave_up",
+            reason=reason,
+        )
 
 
-STEP_OPTIONS = dict(
-    bind=True,
-    base=OrderStepTask,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=1,
-    retry_backoff_max=settings.TASK_RETRY_BACKOFF_MAX,
-    retry_jitter=True,
-    max_retries=settings.TASK_MAX_RETRIES,
-)
+STEP_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "base": OrderStepTask,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": settings.TASK_RETRY_BACKOFF_MAX,
+    "retry_jitter": True,
+    "max_retries": settings.TASK_MAX_RETRIES,
+}
 
 
 class ReserveTask(OrderStepTask):
     abstract = True
-
-    def lock_name(self, args, kwargs) -> str:
-        # One lock per line: the lines of one order reserve in parallel.
-        return f"{self.name}:{kwargs['order_id']}:{kwargs['line_id']}"
+    # One lock per line: the lines of one order reserve in parallel.
+    lock_per_line = True
 
 
 # The only task whose result is stored: the chord counts its header's results.
 @shared_task(
-    name="orders.reserve_stock",
+    name=TaskName.RESERVE_STOCK,
     step=Step.RESERVE_STOCK,
     ignore_result=False,
     **{**STEP_OPTIONS, "base": ReserveTask},
 )
-def reserve_stock(self, *, order_id: str, line_id: int) -> str:
-    return steps.reserve_line(order_id=order_id, line_id=line_id, attempt=self.attempt)
+def reserve_stock(self: OrderStepTask, *, order_id: str, line_id: int) -> str:
+    return steps.reserve_line(order_id=OrderId(order_id), line_id=line_id, attempt=self.attempt)
 
 
-@shared_task(name="orders.charge_payment", step=Step.CHARGE_PAYMENT, **STEP_OPTIONS)
-def charge_payment(self, reservations=None, *, order_id: str) -> None:
+@shared_task(name=TaskName.CHARGE_PAYMENT, step=Step.CHARGE_PAYMENT, **STEP_OPTIONS)
+def charge_payment(self: OrderStepTask, reservations: Any = None, *, order_id: str) -> None:
     # `reservations` (the chord header's results) is only informative: the database says
     # which lines are reserved, also when this runs as a resumed step without a chord.
-    steps.charge_payment(order_id=order_id, attempt=self.attempt)
+    steps.charge_payment(order_id=OrderId(order_id), attempt=self.attempt)
 
 
-@shared_task(name="orders.create_shipment", step=Step.CREATE_SHIPMENT, **STEP_OPTIONS)
-def create_shipment(self, *, order_id: str) -> None:
-    steps.create_shipment(order_id=order_id, attempt=self.attempt)
+@shared_task(name=TaskName.CREATE_SHIPMENT, step=Step.CREATE_SHIPMENT, **STEP_OPTIONS)
+def create_shipment(self: OrderStepTask, *, order_id: str) -> None:
+    steps.create_shipment(order_id=OrderId(order_id), attempt=self.attempt)
 
 
 class ConfirmationTask(OrderStepTask):
     abstract = True
 
-    def give_up(self, order_id, reason: str) -> None:
+    def give_up(self, order_id: OrderId, reason: str) -> None:
         # The shipment exists: the order is fulfilled even if its email never leaves.
-        steps.order_complete(
+        services.order_complete(
             order_id=order_id,
             attempt=self.attempt,
+            reason_code="completed_without_email",
             detail=f"completed without a confirmation email: {reason}",
         )
 
 
 @shared_task(
-    name="orders.send_confirmation_email",
+    name=TaskName.SEND_CONFIRMATION_EMAIL,
     step=Step.SEND_CONFIRMATION_EMAIL,
     **{**STEP_OPTIONS, "base": ConfirmationTask},
 )
-def send_confirmation_email(self, *, order_id: str) -> None:
-    steps.send_confirmation(order_id=order_id, attempt=self.attempt)
+def send_confirmation_email(self: OrderStepTask, *, order_id: str) -> None:
+    steps.send_confirmation(order_id=OrderId(order_id), attempt=self.attempt)
 
 
 class CompensationTask(OrderStepTask):
     abstract = True
 
-    def lock_name(self, args, kwargs) -> str:
+    @property
+    def lock_step(self) -> str:  # type: ignore[override]
         # The charge step's lock: a refund never runs beside a charge still in flight.
-        return f"{charge_payment.name}:{kwargs['order_id']}"
+        return Step.CHARGE_PAYMENT
 
-    def give_up(self, order_id, reason: str) -> None:
+    def give_up(self, order_id: OrderId, reason: str) -> None:
         # The order has ended already; the recovery sweep runs compensation again later.
-        self._event(order_id, Outcome.FAILED, reason)
+        self._event(order_id, Outcome.FAILED, reason, "gave_up")
 
 
 @shared_task(
-    name="orders.compensate_order",
+    name=TaskName.COMPENSATE_ORDER,
     step=Step.COMPENSATE,
     **{**STEP_OPTIONS, "base": CompensationTask},
 )
-def compensate_order(self, *, order_id: str) -> None:
-    steps.compensate(order_id=order_id, attempt=self.attempt)
+def compensate_order(self: OrderStepTask, *, order_id: str) -> None:
+    steps.compensate(order_id=OrderId(order_id), attempt=self.attempt)
 
 
-@shared_task(name="orders.sweep_stalled_orders", ignore_result=True)
-def sweep_stalled_orders() -> dict:
+@shared_task(name=TaskName.SWEEP_STALLED_ORDERS, ignore_result=True)
+def sweep_stalled_orders() -> dict[str, Any]:
     return recovery.sweep()
 
 
-@shared_task(name="orders.purge_idempotency_keys", ignore_result=True)
+@shared_task(name=TaskName.PURGE_IDEMPOTENCY_KEYS, ignore_result=True)
 def purge_idempotency_keys() -> int:
-    from .idempotency import purge_expired
-
-    return purge_expired()
+    return idempotency.purge_expired()

@@ -5,31 +5,52 @@
         charge_payment, create_shipment, send_confirmation_email,
     )
 
-Every task takes ids, never model instances. The canvas is dispatched only after the
-order's transaction has committed (orders/services.py). The recovery sweep resumes an order
-from the step it reached with `resume`; a failed or cancelled order gets `compensate`.
+Tasks are named here and referred to by name, so building a canvas needs neither the task
+functions nor what they import: orders/tasks.py registers the functions under these names.
+Every task takes ids, never model instances. Nothing here sends anything; orders/dispatch.py
+does, after the order's transaction has committed.
 """
 
-from celery import chain, chord
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from celery import chain, chord, signature
 from celery.canvas import Signature
 
-from .models import Order, OrderStatus
+from .models import OrderId, OrderStatus
 
 
-def build(*, order_id, line_ids: list[int], from_status: str = OrderStatus.PENDING) -> Signature:
-    from . import tasks
+class TaskName:
+    RESERVE_STOCK = "orders.reserve_stock"
+    CHARGE_PAYMENT = "orders.charge_payment"
+    CREATE_SHIPMENT = "orders.create_shipment"
+    SEND_CONFIRMATION_EMAIL = "orders.send_confirmation_email"
+    COMPENSATE_ORDER = "orders.compensate_order"
+    SWEEP_STALLED_ORDERS = "orders.sweep_stalled_orders"
+    PURGE_IDEMPOTENCY_KEYS = "orders.purge_idempotency_keys"
 
+
+def _step(name: str, *, immutable: bool = True, **kwargs: object) -> Signature:
+    return signature(name, kwargs=kwargs, immutable=immutable)
+
+
+def build(
+    *, order_id: OrderId, line_ids: Iterable[int], from_status: str = OrderStatus.PENDING
+) -> Signature:
+    """The rest of the workflow for an order that has reached `from_status`."""
     oid = str(order_id)
-    ship = tasks.create_shipment.si(order_id=oid)
-    confirm = tasks.send_confirmation_email.si(order_id=oid)
+    ship = _step(TaskName.CREATE_SHIPMENT, order_id=oid)
+    confirm = _step(TaskName.SEND_CONFIRMATION_EMAIL, order_id=oid)
     if from_status in (OrderStatus.PENDING, OrderStatus.RESERVING):
         reserve = chord(
-            [tasks.reserve_stock.si(order_id=oid, line_id=line_id) for line_id in line_ids],
-            tasks.charge_payment.s(order_id=oid),  # receives the reservations' results
+            [_step(TaskName.RESERVE_STOCK, order_id=oid, line_id=line_id) for line_id in line_ids],
+            # Not immutable: it receives the reservations' results (informative only).
+            _step(TaskName.CHARGE_PAYMENT, immutable=False, order_id=oid),
         )
         return chain(reserve, ship, confirm)
     if from_status == OrderStatus.PAYING:
-        return chain(tasks.charge_payment.si(order_id=oid), ship, confirm)
+        return chain(_step(TaskName.CHARGE_PAYMENT, order_id=oid), ship, confirm)
     if from_status == OrderStatus.SHIPPING:
         return chain(ship, confirm)
     if from_status == OrderStatus.CONFIRMING:
@@ -37,20 +58,6 @@ def build(*, order_id, line_ids: list[int], from_status: str = OrderStatus.PENDI
     raise ValueError(f"no workflow from status {from_status!r}")
 
 
-def start(*, order_id) -> None:
-    line_ids = list(Order.objects.get(pk=order_id).lines.values_list("id", flat=True))
-    build(order_id=order_id, line_ids=line_ids).apply_async()
-
-
-def resume(*, order: Order) -> None:
-    if order.status in (OrderStatus.FAILED, OrderStatus.CANCELLED):
-        compensate(order_id=order.id)
-        return
-    line_ids = list(order.lines.values_list("id", flat=True))
-    build(order_id=order.id, line_ids=line_ids, from_status=order.status).apply_async()
-
-
-def compensate(*, order_id) -> None:
-    from . import tasks
-
-    tasks.compensate_order.delay(order_id=str(order_id))
+def compensation(*, order_id: OrderId) -> Signature:
+    """Refund what was charged and tell the customer, for a failed or cancelled order."""
+    return _step(TaskName.COMPENSATE_ORDER, order_id=str(order_id))

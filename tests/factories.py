@@ -4,7 +4,7 @@ import factory
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
-from orders.models import Product
+from orders.models import Order, OrderLine, Product
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -50,3 +50,34 @@ def order_payload(
         "payment_token": token,
         **extra,
     }
+
+
+class OrderFactory(factory.django.DjangoModelFactory):
+    """An order written straight to the database, with no workflow started: for tests of
+    the state machine and of the steps, which then drive it themselves."""
+
+    class Meta:
+        model = Order
+
+    user = factory.SubFactory(UserFactory)
+    email = factory.LazyAttribute(lambda o: o.user.email)
+    status = "pending"
+    currency = "EUR"
+    total = Decimal("25.00")
+    payment_token = "tok_ok"
+    ship_name = "Ada Lovelace"
+    ship_line1 = "1 Main St"
+    ship_city = "Berlin"
+    ship_postal_code = "10115"
+    ship_country = "DE"
+
+
+class OrderLineFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = OrderLine
+
+    order = factory.SubFactory(OrderFactory)
+    product = factory.SubFactory(ProductFactory)
+    sku = factory.LazyAttribute(lambda line: line.product.sku)
+    quantity = 1
+    unit_price = factory.LazyAttribute(lambda line: line.product.price)

@@ -107,7 +107,7 @@ def test_two_workers_racing_for_one_step_charge_once(stack_factory, monkeypatch)
     # One process each: the two copies can only run side by side on the two workers.
     stack = stack_factory(env=env, workers=2, concurrency=1)
     # An order whose stock is reserved and whose charge is due, with no workflow started yet.
-    monkeypatch.setattr("orders.workflow.start", lambda **kwargs: None)
+    monkeypatch.setattr("orders.dispatch.workflow_start", lambda **kwargs: None)
     order = order_create(
         user=UserFactory(),
         lines=[{"product": product, "quantity": 2}],

@@ -16,7 +16,7 @@ from tests.factories import ProductFactory, UserFactory
 def lost_order(pipeline, monkeypatch):
     """An order committed while its dispatch was lost (the web process died after the commit,
     or Redis dropped the queue)."""
-    monkeypatch.setattr("orders.workflow.start", lambda **kwargs: None)
+    monkeypatch.setattr("orders.dispatch.workflow_start", lambda **kwargs: None)
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
 
     def make(**fields):
@@ -105,7 +105,7 @@ def test_an_order_past_its_deadline_fails_and_is_compensated(lost_order, setting
 def test_a_failed_order_whose_compensation_was_lost_is_compensated(
     lost_order, settings, monkeypatch
 ):
-    monkeypatch.setattr("orders.workflow.compensate", lambda **kwargs: None)  # lost again
+    monkeypatch.setattr("orders.dispatch.compensation_start", lambda **kwargs: None)  # lost again
     order = lost_order()
     services.order_fail(order_id=order.id, reason="test")
     monkeypatch.undo()

@@ -112,9 +112,29 @@ class ShipmentOutputSerializer(serializers.ModelSerializer):
 
 
 class EventOutputSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(
+        source="actor_kind", help_text="Who acted: `customer`, `staff` or `system`."
+    )
+    reason_code = serializers.CharField(
+        help_text="A stable code for why (e.g. `out_of_stock`, `payment_declined`, `deadline`); "
+        "read this rather than `detail`, which is for people."
+    )
+    status = serializers.CharField(help_text="The status the order moved to, if it moved.")
+    data = serializers.JSONField(help_text="Structured facts: amounts, ids, the previous status.")
+
     class Meta:
         model = OrderEvent
-        fields = ["step", "outcome", "attempt", "at", "detail"]
+        fields = [
+            "step",
+            "outcome",
+            "attempt",
+            "at",
+            "status",
+            "actor",
+            "reason_code",
+            "data",
+            "detail",
+        ]
 
 
 class AddressOutputSerializer(serializers.Serializer):

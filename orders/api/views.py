@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from .. import idempotency, selectors
 from ..errors import ApplicationError
 from ..services import order_cancel, order_create
+from ..state import Actor
 from .serializers import (
     OrderCreateInputSerializer,
     OrderOutputSerializer,
@@ -323,7 +324,7 @@ class OrderCancelView(APIView):
         order = selectors.order_get(user=request.user, order_id=order_id)
         if order is None:
             raise ApplicationError("Not found.", status_code=404, code="not_found")
-        order_cancel(order=order)
+        order_cancel(order_id=order.id, actor=Actor.for_user(request.user))
         return Response(
             OrderOutputSerializer(selectors.order_get(user=request.user, order_id=order_id)).data
         )
