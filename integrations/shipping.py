@@ -33,9 +33,19 @@ class SandboxCarrier:
             json={"order": order_id, **address},
             idempotency_key=idempotency_key,
         )
-        return ShipmentResult(
-            carrier=body["carrier"], tracking_number=body["tracking_number"], reference=body["id"]
+        return _shipment(body)
+
+    def list_shipments(self, *, order_id: str) -> list[ShipmentResult]:
+        _, body = http.call(
+            "GET", http.sandbox_url("shipping/shipments/"), params={"order": order_id}
         )
+        return [_shipment(item) for item in body["results"]]
+
+
+def _shipment(body: dict) -> ShipmentResult:
+    return ShipmentResult(
+        carrier=body["carrier"], tracking_number=body["tracking_number"], reference=body["id"]
+    )
 
 
 def get_carrier() -> Carrier:

@@ -20,9 +20,16 @@ from django.utils import timezone
 from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
-from . import services
+from . import services, steps
 from .locks import lock_key, step_lock
-from .models import COMPENSATED_STATUSES, FAILABLE_STATUSES, TERMINAL_STATUSES, Order, Step
+from .models import (
+    COMPENSATED_STATUSES,
+    FAILABLE_STATUSES,
+    TERMINAL_STATUSES,
+    Order,
+    OrderStatus,
+    Step,
+)
 from .state import STEP_IN_FLIGHT
 
 logger = logging.getLogger(__name__)
@@ -30,6 +37,9 @@ logger = logging.getLogger(__name__)
 # Orders handled per sweep: keeps one sweep well inside its time limit; the rest wait for
 # the next sweep.
 SWEEP_BATCH = 500
+# The longest wait between two rounds of the confirmation email for an order whose mail
+# server keeps refusing: an outage of hours still gets a try every hour.
+EMAIL_RETRY_MAX_SECONDS = 3600
 
 
 def stalled_orders(*, now: datetime | None = None) -> QuerySet[Order]:
@@ -58,6 +68,8 @@ def sweep() -> dict[str, Any]:
             if order.status in FAILABLE_STATUSES and order.created_at < deadline:
                 expired += _expire(order)
                 continue
+            if order.status == OrderStatus.CONFIRMING and _email_waits(order, idle):
+                continue
             services.order_resume(
                 order=order, detail=f"resumed at {order.status} after {idle}s without progress"
             )
@@ -67,6 +79,20 @@ def sweep() -> dict[str, Any]:
     if resumed or expired:
         logger.info("recovery sweep: resumed %s, expired %s", resumed, expired)
     return {"resumed": resumed, "expired": expired}
+
+
+def _email_waits(order: Order, idle: int) -> bool:
+    """For a shipped order whose confirmation email keeps failing: True while it should wait
+    longer (the wait doubles with every round the mail server refused), or once it has been
+    completed without the email past ORDER_EMAIL_DEADLINE_SECONDS."""
+    if steps.email_deadline_passed(order=order):
+        steps.confirmation_abandon(
+            order_id=order.id, attempt=1, reason="the mail server did not accept the email"
+        )
+        return True
+    rounds = order.events.filter(reason_code="email_waiting").count()
+    wait = min(settings.ORDER_STALL_SECONDS * 2 ** max(rounds - 1, 0), EMAIL_RETRY_MAX_SECONDS)
+    return idle < wait
 
 
 def _expire(order: Order) -> int:
@@ -80,6 +106,11 @@ def _expire(order: Order) -> int:
         if status != order.status:
             return 0
         reason = f"deadline of {settings.ORDER_DEADLINE_SECONDS}s passed at {order.status}"
+        if order.status == OrderStatus.SHIPPING:
+            verdict = steps.shipment_fail(
+                order_id=order.id, step=Step.RECOVERY, reason_code="deadline", reason=reason
+            )
+            return int(verdict == steps.ShipmentVerdict.FAILED)
         return int(
             services.order_fail(
                 order_id=order.id, step=Step.RECOVERY, reason_code="deadline", reason=reason

@@ -150,15 +150,34 @@ def order_fail(
     step: str = Step.ORDER,
     attempt: int = 1,
     actor: Actor = SYSTEM,
+    only_from: frozenset[str] | None = None,
+    carrier_ledger_checked: bool = False,
 ) -> bool:
     """End the order `failed`: release its stock now, refund and notify in the background.
+
     Returns False, changing nothing, if the order had ended or has shipped (a shipped order
-    is never failed: the goods are out, nothing may be refunded)."""
+    is never failed: the goods are out, nothing may be refunded), if it is no longer in
+    `only_from` (a step that gave up after the order moved past it), or if it is in
+    `shipping` and the caller has not asked the carrier's ledger: a shipment whose answer
+    was lost may exist, so a shipping order is failed only through
+    orders/steps.py's shipment_fail, which asks first."""
     with transaction.atomic():
         order = lock_order(order_id)
         if order.status not in FAILABLE_STATUSES:
             if order.status == OrderStatus.CONFIRMING:
                 logger.error("order %s is shipped; not failing it (%s)", order_id, reason)
+            return False
+        if only_from is not None and order.status not in only_from:
+            logger.warning(
+                "order %s moved on to %s; not failing it (%s)", order_id, order.status, reason
+            )
+            return False
+        if order.status == OrderStatus.SHIPPING and not carrier_ledger_checked:
+            logger.error(
+                "order %s is shipping and the carrier's ledger was not asked; not failing it (%s)",
+                order_id,
+                reason,
+            )
             return False
         _order_end(
             order=order,

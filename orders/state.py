@@ -37,6 +37,19 @@ STEP_IN_FLIGHT = {
 }
 
 
+# The statuses in which each step has work to do. A step whose retries run out fails the
+# order only while the order is still here: if it moved on, the step's work was recorded
+# (and what went wrong came after it, e.g. publishing the next step).
+STEP_STATUSES = {
+    Step.RESERVE_STOCK: frozenset({OrderStatus.PENDING, OrderStatus.RESERVING}),
+    Step.CHARGE_PAYMENT: frozenset(
+        {OrderStatus.PENDING, OrderStatus.RESERVING, OrderStatus.PAYING}
+    ),
+    Step.CREATE_SHIPMENT: frozenset({OrderStatus.SHIPPING}),
+    Step.SEND_CONFIRMATION_EMAIL: frozenset({OrderStatus.CONFIRMING}),
+}
+
+
 class IllegalTransition(Conflict):
     """A move the state machine does not allow (a bug in the caller, or a lost race that the
     caller did not check for)."""

@@ -8,14 +8,16 @@ from __future__ import annotations
 import logging
 from functools import partial
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 
-from integrations.errors import PermanentError
+from integrations.errors import PermanentError, ProviderError
 from integrations.payments import get_payment_gateway
-from integrations.shipping import get_carrier
+from integrations.shipping import ShipmentResult, get_carrier
 
-from . import services
+from . import dispatch, services
 from .errors import StepNotReady
 from .models import (
     COMPENSATED_STATUSES,
@@ -226,19 +228,31 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
             idempotency_key=f"order-{order.id}-shipment",
         )
     except PermanentError as exc:
-        services.order_fail(
+        # The chain goes on to the confirmation if the ledger shows a shipment after all.
+        shipment_fail(
             order_id=order.id,
             step=Step.CREATE_SHIPMENT,
             attempt=attempt,
             reason_code="shipment_rejected",
             reason=f"the carrier rejected the shipment: {exc}",
+            resume=False,
         )
         return
+    _shipment_record(
+        order_id=order.id, result=result, attempt=attempt, reason_code="shipment_created"
+    )
+
+
+def _shipment_record(
+    *, order_id: OrderId, result: ShipmentResult, attempt: int, reason_code: str, detail: str = ""
+) -> bool:
+    """Record the carrier's shipment and move the order to `confirming`. Returns False if the
+    order is no longer shipping."""
     with transaction.atomic():
         order = lock_order(order_id)
         if order.status != OrderStatus.SHIPPING:
             _skip(order, Step.CREATE_SHIPMENT, attempt, f"order is {order.status}")
-            return
+            return False
         Shipment.objects.get_or_create(
             order=order,
             defaults={
@@ -252,11 +266,74 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
             to=OrderStatus.CONFIRMING,
             step=Step.CREATE_SHIPMENT,
             outcome=Outcome.SUCCEEDED,
-            reason_code="shipment_created",
+            reason_code=reason_code,
             attempt=attempt,
             data={"carrier": result.carrier, "tracking_number": result.tracking_number},
-            detail=f"{result.carrier} {result.tracking_number}",
+            detail=detail or f"{result.carrier} {result.tracking_number}",
         )
+    return True
+
+
+class ShipmentVerdict:
+    SHIPPED = "shipped"  # the carrier holds a shipment: the order goes on to confirming
+    FAILED = "failed"  # the carrier holds none: the order failed
+    UNKNOWN = "unknown"  # the carrier could not be asked: the order stays shipping
+
+
+def shipment_fail(
+    *,
+    order_id: OrderId,
+    reason: str,
+    reason_code: str,
+    step: str = Step.CREATE_SHIPMENT,
+    attempt: int = 1,
+    resume: bool = True,
+) -> str:
+    """Fail a shipping order, unless the carrier's ledger says the shipment exists.
+
+    A create whose answer was lost (a timeout after the carrier acted) may have made a
+    shipment: the goods would leave while the money goes back. So before a shipping order is
+    failed, for any reason, the carrier is asked. A shipment found is recorded and the order
+    goes on to its confirmation (sent now if `resume`, i.e. when no chain follows the
+    caller); none found fails the order; no answer leaves it in `shipping` for the recovery
+    sweep, which asks again. Returns a ShipmentVerdict."""
+    try:
+        found = get_carrier().list_shipments(order_id=str(order_id))
+    except ProviderError as exc:
+        order = Order.objects.get(pk=order_id)
+        event_record(
+            order=order,
+            step=step,
+            outcome=Outcome.FAILED,
+            attempt=attempt,
+            reason_code="carrier_unknown",
+            data={"wanted_to_fail": reason_code},
+            detail=f"{reason}; the carrier's ledger could not be asked ({exc}), so the order "
+            "stays in shipping until it can",
+        )
+        return ShipmentVerdict.UNKNOWN
+    if found:
+        shipment = found[0]
+        recorded = _shipment_record(
+            order_id=order_id,
+            result=shipment,
+            attempt=attempt,
+            reason_code="shipment_found",
+            detail=f"the carrier's ledger holds {shipment.carrier} {shipment.tracking_number} "
+            f"(the create's answer was lost: {reason})",
+        )
+        if recorded and resume:
+            dispatch.workflow_resume(order=Order.objects.get(pk=order_id))
+        return ShipmentVerdict.SHIPPED
+    failed = services.order_fail(
+        order_id=order_id,
+        step=step,
+        attempt=attempt,
+        reason_code=reason_code,
+        reason=reason,
+        carrier_ledger_checked=True,
+    )
+    return ShipmentVerdict.FAILED if failed else ShipmentVerdict.UNKNOWN
 
 
 # --- 4. Confirm by email ----------------------------------------------------------------
@@ -283,6 +360,58 @@ def send_confirmation(*, order_id: OrderId, attempt: int) -> None:
             detail=str(exc),
         )
     services.order_complete(order_id=order.id, attempt=attempt)
+
+
+def confirmation_give_up(*, order_id: OrderId, attempt: int, reason: str) -> None:
+    """The confirmation email could not be sent with all of the step's retries (the mail
+    server is down). "Completed" means the customer was told, so the order stays in
+    `confirming` and the recovery sweep tries again, with a growing wait; only past
+    ORDER_EMAIL_DEADLINE_SECONDS does it complete without the email."""
+    order = Order.objects.get(pk=order_id)
+    if order.status != OrderStatus.CONFIRMING:
+        return
+    if email_deadline_passed(order=order):
+        confirmation_abandon(order_id=order_id, attempt=attempt, reason=reason)
+        return
+    event_record(
+        order=order,
+        step=Step.SEND_CONFIRMATION_EMAIL,
+        outcome=Outcome.RETRYING,
+        attempt=attempt,
+        reason_code="email_waiting",
+        detail=f"{reason}; the order stays confirming and the recovery sweep tries again",
+    )
+
+
+def email_deadline_passed(*, order: Order) -> bool:
+    shipped_at = (
+        Shipment.objects.filter(order=order).values_list("created_at", flat=True).first()
+        or order.updated_at
+    )
+    waited = (timezone.now() - shipped_at).total_seconds()
+    return waited > settings.ORDER_EMAIL_DEADLINE_SECONDS
+
+
+def confirmation_abandon(*, order_id: OrderId, attempt: int, reason: str) -> None:
+    """Complete a shipped order whose confirmation email could not be sent for
+    ORDER_EMAIL_DEADLINE_SECONDS: noted in the timeline (reason_code
+    `completed_without_email`, counted on /metrics) and reported (an error log line, which
+    Sentry receives)."""
+    completed = services.order_complete(
+        order_id=order_id,
+        attempt=attempt,
+        reason_code="completed_without_email",
+        detail=f"completed without a confirmation email after "
+        f"{settings.ORDER_EMAIL_DEADLINE_SECONDS}s: {reason}",
+    )
+    if completed:
+        logger.error(
+            "order %s completed without its confirmation email: the mail server did not "
+            "accept it for %ss (%s)",
+            order_id,
+            settings.ORDER_EMAIL_DEADLINE_SECONDS,
+            reason,
+        )
 
 
 # --- Compensation: refund, tell the customer ------------------------------------------------

@@ -20,7 +20,7 @@ from . import idempotency, recovery, services, steps
 from .errors import StepNotReady
 from .locks import StepBusy, UniqueStepTask
 from .models import Order, OrderId, Outcome, Step
-from .state import event_record
+from .state import STEP_STATUSES, event_record
 from .workflow import TaskName
 
 logger = logging.getLogger(__name__)
@@ -110,12 +110,15 @@ class OrderStepTask(UniqueStepTask):
             logger.exception("could not record the failure of order %s", order_id)
 
     def give_up(self, order_id: OrderId, reason: str) -> None:
+        # Only while the order still waits for this step: if the step's work is recorded
+        # and what failed came after it (publishing the next step), the order goes on.
         services.order_fail(
             order_id=order_id,
             step=self.step,
             attempt=self.attempt,
             reason_code="gave_up",
             reason=reason,
+            only_from=STEP_STATUSES[self.step],
         )
 
 
@@ -154,7 +157,25 @@ def charge_payment(self: OrderStepTask, reservations: Any = None, *, order_id: s
     steps.charge_payment(order_id=OrderId(order_id), attempt=self.attempt)
 
 
-@shared_task(name=TaskName.CREATE_SHIPMENT, step=Step.CREATE_SHIPMENT, **STEP_OPTIONS)
+class ShipmentTask(OrderStepTask):
+    abstract = True
+
+    def give_up(self, order_id: OrderId, reason: str) -> None:
+        # The last create may have timed out after the carrier acted: its ledger decides.
+        steps.shipment_fail(
+            order_id=order_id,
+            step=self.step,
+            attempt=self.attempt,
+            reason_code="gave_up",
+            reason=reason,
+        )
+
+
+@shared_task(
+    name=TaskName.CREATE_SHIPMENT,
+    step=Step.CREATE_SHIPMENT,
+    **{**STEP_OPTIONS, "base": ShipmentTask},
+)
 def create_shipment(self: OrderStepTask, *, order_id: str) -> None:
     steps.create_shipment(order_id=OrderId(order_id), attempt=self.attempt)
 
@@ -163,13 +184,8 @@ class ConfirmationTask(OrderStepTask):
     abstract = True
 
     def give_up(self, order_id: OrderId, reason: str) -> None:
-        # The shipment exists: the order is fulfilled even if its email never leaves.
-        services.order_complete(
-            order_id=order_id,
-            attempt=self.attempt,
-            reason_code="completed_without_email",
-            detail=f"completed without a confirmation email: {reason}",
-        )
+        # The shipment exists, so the order is never failed; it waits for the mail server.
+        steps.confirmation_give_up(order_id=order_id, attempt=self.attempt, reason=reason)
 
 
 @shared_task(

@@ -249,18 +249,22 @@ class RedisServer:
 
 
 class SmtpServer:
-    """A real SMTP server (aiosmtpd) in this process that keeps every message it receives."""
+    """A real SMTP server (aiosmtpd) in this process that keeps every message it receives.
+    It can be stopped (connections are refused) and started again on the same port."""
 
     def __init__(self) -> None:
         import logging
-
-        from aiosmtpd.controller import Controller
 
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # a line per SMTP command otherwise
         self.port = free_port()
         self._messages: list[Message] = []
         self._lock = threading.Lock()
-        self.controller = Controller(self, hostname=HOST, port=self.port)
+        self.controller = self._controller()
+
+    def _controller(self):
+        from aiosmtpd.controller import Controller
+
+        return Controller(self, hostname=HOST, port=self.port)
 
     async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd's handler hook
         message = email.message_from_bytes(envelope.original_content or envelope.content)
@@ -277,7 +281,11 @@ class SmtpServer:
         return [str(m["Subject"]) for m in self.messages]
 
     def start(self) -> None:
-        self.controller.start()
+        try:
+            self.controller.start()
+        except RuntimeError:  # stopped before: a controller's event loop does not restart
+            self.controller = self._controller()
+            self.controller.start()
 
     def stop(self) -> None:
         try:

@@ -4,6 +4,7 @@ orders past their deadline are failed and compensated."""
 from datetime import timedelta
 
 import pytest
+import requests
 from django.utils import timezone
 
 from orders import recovery, services, tasks
@@ -127,3 +128,59 @@ def test_a_shipped_order_is_never_failed(lost_order):
     order.refresh_from_db()
     assert order.status == "confirming"
     assert not order.events.filter(outcome="failed").exists()
+
+
+def _past_deadline(order, settings):
+    Order.objects.filter(pk=order.pk).update(
+        created_at=timezone.now() - timedelta(seconds=settings.ORDER_DEADLINE_SECONDS + 1)
+    )
+    _age(order, settings.ORDER_STALL_SECONDS + 1)
+
+
+def test_a_shipping_order_past_its_deadline_whose_shipment_exists_completes(
+    lost_order, settings, sandbox
+):
+    """The carrier created the shipment but its answer was lost: at the deadline the sweep
+    asks the carrier's ledger, records the shipment and completes the order, never fails it."""
+    order = lost_order(status=OrderStatus.SHIPPING)
+    order.lines.update(reservation=LineReservation.RESERVED)
+    created = requests.post(
+        f"{sandbox.url}/sandbox/shipping/shipments/",
+        json={"order": str(order.id), **order.shipping_address},
+        headers={"Idempotency-Key": f"order-{order.id}-shipment"},
+        timeout=10,
+    ).json()
+    _past_deadline(order, settings)
+
+    assert recovery.sweep() == {"resumed": 0, "expired": 0}
+
+    order = wait_for_order(order.id)
+    assert order.status == "completed"
+    assert order.shipment.tracking_number == created["tracking_number"]
+    assert order.events.filter(reason_code="shipment_found").exists()
+    assert not order.events.filter(outcome="failed").exists()
+
+
+def test_a_shipping_order_past_its_deadline_without_a_shipment_fails(lost_order, settings):
+    order = lost_order(status=OrderStatus.SHIPPING)
+    _past_deadline(order, settings)
+
+    assert recovery.sweep() == {"resumed": 0, "expired": 1}
+
+    order = wait_for_order(order.id)
+    assert order.status == "failed"
+    assert order.events.filter(reason_code="deadline").exists()
+
+
+def test_a_shipping_order_is_not_failed_while_the_carrier_cannot_be_asked(lost_order, settings):
+    """Nobody answers at the carrier's address: the outcome of an earlier create is unknown,
+    so the order stays in shipping for a later sweep."""
+    settings.SANDBOX_URL = "http://127.0.0.1:9/sandbox/"  # the discard port: refused
+    order = lost_order(status=OrderStatus.SHIPPING)
+    _past_deadline(order, settings)
+
+    assert recovery.sweep() == {"resumed": 0, "expired": 0}
+
+    order.refresh_from_db()
+    assert order.status == "shipping"
+    assert order.events.filter(reason_code="carrier_unknown").exists()

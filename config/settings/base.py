@@ -202,6 +202,10 @@ CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 ORDER_STALL_SECONDS = env.int("ORDER_STALL_SECONDS", default=300)
 ORDER_SWEEP_INTERVAL_SECONDS = env.float("ORDER_SWEEP_INTERVAL_SECONDS", default=60.0)
 ORDER_DEADLINE_SECONDS = env.int("ORDER_DEADLINE_SECONDS", default=3600)
+# A shipped order stays `confirming` until its confirmation email is accepted: the sweep
+# tries again (waiting ORDER_STALL_SECONDS, doubling per failed round, at most an hour).
+# Past this deadline it completes without the email (noted, counted, reported).
+ORDER_EMAIL_DEADLINE_SECONDS = env.int("ORDER_EMAIL_DEADLINE_SECONDS", default=24 * 3600)
 # The API's Idempotency-Key responses are replayed for this long.
 IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
 

@@ -7,7 +7,9 @@ SANDBOX_LATENCY_MS to make every call fail transiently or slow down.
 Test tokens: tok_ok (captured), tok_declined (permanent decline), tok_flaky (two 503s, then
 captured), tok_timeout_after_success (captured, but the answer comes after the client's
 timeout). Any other well-formed token is declined as invalid. The carrier rejects the
-postal code "00000" for good.
+postal code "00000" for good; for "00001" it creates the shipment, answers after the
+client's timeout, and then answers 503 to every further create for that order (its ledger,
+GET shipments?order=, answers normally).
 """
 
 import json
@@ -182,6 +184,7 @@ def refunds(request: HttpRequest) -> JsonResponse:
 
 ADDRESS_FIELDS = ("name", "line1", "city", "postal_code", "country")
 REJECTED_POSTAL_CODE = "00000"
+TIMEOUT_POSTAL_CODE = "00001"
 
 
 def _shipment_json(shipment: SandboxShipment) -> dict:
@@ -207,6 +210,9 @@ def shipments(request: HttpRequest) -> JsonResponse:
     key, body = parsed
     if "order" not in body or not all(body.get(f) for f in ADDRESS_FIELDS):
         return _error(400, "invalid_request", f"order and {', '.join(ADDRESS_FIELDS)} are required")
+    timeout_after_success = body["postal_code"] == TIMEOUT_POSTAL_CODE
+    if timeout_after_success and SandboxShipment.objects.filter(order=str(body["order"])).exists():
+        return _error(503, "unavailable", "sandbox: the carrier keeps failing for this order")
     existing = SandboxShipment.objects.filter(idempotency_key=key).first()
     if existing:
         return JsonResponse(_shipment_json(existing))
@@ -223,4 +229,7 @@ def shipments(request: HttpRequest) -> JsonResponse:
             )
     except IntegrityError:
         shipment = SandboxShipment.objects.get(idempotency_key=key)
+    if timeout_after_success:
+        # The shipment is recorded; the client gives up before it hears so.
+        time.sleep(settings.PROVIDER_TIMEOUT_SECONDS + 1.0)
     return JsonResponse(_shipment_json(shipment), status=201)

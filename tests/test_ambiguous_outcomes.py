@@ -1,0 +1,137 @@
+"""Outcomes that a lost answer or an outage makes ambiguous, on real processes (gunicorn
+serving the API and the sandbox providers, a prefork worker, beat, a real SMTP server).
+
+- A carrier that created the shipment and then timed out, and keeps failing: its ledger is
+  asked before the order is given up; the order completes, never refunded.
+- A mail server that refuses connections for longer than all of the step's retries: the
+  order waits in `confirming` and completes once the email is accepted, with one email.
+- A mail server that never comes back: past ORDER_EMAIL_DEADLINE_SECONDS the order completes
+  without the email, noted in the timeline and reported as an error.
+"""
+
+import time
+
+import pytest
+import requests
+
+from orders.models import Order, Shipment
+from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
+from tests.procs import (
+    api_session,
+    ledger,
+    stack_factory,  # noqa: F401 (the fixture)
+    timing_errors_under,
+    wait_for,
+    wait_for_orders,
+)
+
+pytestmark = pytest.mark.slow
+
+# Short timings in the order orders/checks.py demands: retries are used up within seconds
+# and the sweep (every second) resumes an order idle for 8 s.
+FAST = {
+    "PROVIDER_TIMEOUT_SECONDS": "1.5",
+    "CELERY_TASK_SOFT_TIME_LIMIT": "4",
+    "CELERY_TASK_TIME_LIMIT": "5",
+    "TASK_LOCK_TIMEOUT": "7",
+    "TASK_RETRY_BACKOFF_MAX": "1",
+    "TASK_MAX_RETRIES": "2",
+    "ORDER_STALL_SECONDS": "8",
+    "ORDER_SWEEP_INTERVAL_SECONDS": "1",
+    "EMAIL_TIMEOUT": "2",
+}
+
+
+def test_the_fast_timings_are_in_the_order_the_checks_demand():
+    assert timing_errors_under(FAST) == []
+
+
+def _place(stack, payload) -> str:
+    api = api_session(TokenFactory(user=UserFactory()).key)
+    response = api.post(f"{stack.web_url}/api/orders/", json=payload, timeout=15)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _reason_codes(order) -> list[str]:
+    return list(order.events.order_by("at", "id").values_list("reason_code", flat=True))
+
+
+def _carrier_ledger(stack, order_id) -> list[dict]:
+    response = requests.get(
+        f"{stack.web_url}/sandbox/shipping/shipments/", params={"order": order_id}, timeout=10
+    )
+    response.raise_for_status()
+    return response.json()["results"]
+
+
+def test_a_shipment_created_before_a_timeout_completes_the_order(stack_factory):
+    """postal_code 00001: the carrier creates the shipment, answers after our timeout, then
+    answers 503 to every further create. Expected: when the retries run out the carrier's
+    ledger is asked, the shipment found is recorded, and the order completes with one
+    shipment, one capture and no refund."""
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    stack = stack_factory(env=FAST, workers=1, beat=True)
+
+    order_id = _place(stack, order_payload(("MUG-001", 1), postal_code="00001"))
+    [order] = wait_for_orders([order_id], timeout=90)
+
+    assert order.status == "completed", _reason_codes(order)
+    [carried] = _carrier_ledger(stack, order_id)
+    assert Shipment.objects.get(order=order).tracking_number == carried["tracking_number"]
+    charges = ledger(stack, order_id)
+    assert [(c["status"], c["refunded"]) for c in charges] == [("captured", False)]
+    assert order.payment.status == "captured"
+    codes = _reason_codes(order)
+    assert "shipment_found" in codes and "transient_error" in codes
+    assert "refunded" not in codes and order.failure_reason == ""
+    assert stack.smtp.subjects() == [f"Your order {order.id} is confirmed"]
+
+
+def test_an_smtp_outage_longer_than_the_retries_waits_for_the_mail_server(stack_factory):
+    """The SMTP server refuses connections for longer than all of the step's retries, then
+    comes back. Expected: the order stays `confirming` (never completed untold, never
+    failed), the sweep tries again, and it completes with exactly one confirmation email;
+    its timeline shows the wait."""
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    stack = stack_factory(env=FAST, workers=1, beat=True)
+    stack.smtp.stop()
+
+    order_id = _place(stack, order_payload(("MUG-001", 1)))
+    wait_for(
+        lambda: "email_waiting" in _reason_codes(Order.objects.get(pk=order_id)),
+        timeout=60,
+        interval=0.3,
+        what="the step's retries to run out",
+    )
+    time.sleep(10)  # down for longer: the sweep's next round fails as well
+    assert Order.objects.get(pk=order_id).status == "confirming"
+    stack.smtp.start()
+
+    [order] = wait_for_orders([order_id], timeout=90)
+
+    assert order.status == "completed"
+    assert stack.smtp.subjects() == [f"Your order {order.id} is confirmed"]
+    codes = _reason_codes(order)
+    assert codes.count("email_waiting") >= 2, codes
+    assert "resumed" in codes and "email_sent" in codes
+    assert codes[-1] == "completed" and "completed_without_email" not in codes
+    assert order.notifications.get().sent_at is not None
+
+
+def test_past_the_email_deadline_the_order_completes_without_it(stack_factory):
+    """The mail server never comes back. Expected: past ORDER_EMAIL_DEADLINE_SECONDS the
+    shipped order completes, the timeline says it completed without the email, and the
+    worker reports it as an error (which Sentry receives)."""
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    stack = stack_factory(env={**FAST, "ORDER_EMAIL_DEADLINE_SECONDS": "12"}, workers=1, beat=True)
+    stack.smtp.stop()
+
+    order_id = _place(stack, order_payload(("MUG-001", 1)))
+    [order] = wait_for_orders([order_id], timeout=90)
+
+    assert order.status == "completed"
+    assert _reason_codes(order)[-1] == "completed_without_email"
+    assert stack.smtp.subjects() == []
+    logs = "".join(proc.log() for proc in [*stack.workers, stack.beat] if proc is not None)
+    assert "completed without its confirmation email" in logs
