@@ -1,10 +1,15 @@
 """The one point where the app sends work to Celery.
 
-Services decide *that* something must run (start an order's workflow, compensate it);
-this module sends it, only once the deciding transaction has committed, so a worker never
-sees an order that is not in the database yet. A send that fails (the broker is down) is
-logged and dropped: the order is in the database, and the recovery sweep
-(orders/recovery.py) finds and resumes it.
+Services decide *that* something must run (start an order's workflow, resume it,
+compensate it); this module sends it once the deciding transaction has committed, so a
+worker never sees an order that is not in the database yet.
+
+A send that fails (the broker is down) is remembered in PostgreSQL as a PendingDispatch,
+and the relay (`relay_pending`, run by beat every ORDER_DISPATCH_RELAY_SECONDS) sends the
+order's workflow from the status it has reached once the broker is back: an order accepted
+during a broker outage starts seconds after the broker returns. Only failed sends are
+written, so the happy path costs no extra write. A process that dies between the commit and
+the send leaves no record; the recovery sweep (ORDER_STALL_SECONDS) covers that rarer case.
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from django.db import transaction
+from celery.canvas import Signature
+from django.db import DatabaseError, transaction
 
 from . import workflow
-from .models import COMPENSATED_STATUSES, Order, OrderId
+from .models import COMPENSATED_STATUSES, Order, OrderId, OrderStatus, PendingDispatch
 
 logger = logging.getLogger(__name__)
+
+# Orders the relay sends per run: one run stays short, the next takes the rest.
+RELAY_BATCH = 200
 
 
 def _line_ids(order_id: OrderId) -> list[int]:
@@ -26,45 +35,79 @@ def _line_ids(order_id: OrderId) -> list[int]:
     )
 
 
+def _continuation(order_id: OrderId, status: str) -> Signature:
+    """What an order in `status` needs next: its remaining steps, or its compensation."""
+    if status in COMPENSATED_STATUSES:
+        return workflow.compensation(order_id=order_id)
+    return workflow.build(order_id=order_id, line_ids=_line_ids(order_id), from_status=status)
+
+
 def _on_commit(action: str, order_id: OrderId, send: Callable[[], object]) -> None:
     def run() -> None:
         try:
             send()
-        except Exception:
+        except Exception:  # any broker library's error: the send is retried below
             logger.warning(
-                "could not %s order %s now; the recovery sweep will",
+                "could not %s order %s: the broker is unreachable; it is sent when it is back",
                 action,
                 order_id,
                 exc_info=True,
             )
+            _remember(order_id)
 
     transaction.on_commit(run)
 
 
+def _remember(order_id: OrderId) -> None:
+    try:
+        PendingDispatch.objects.get_or_create(order_id=order_id)
+    except DatabaseError:
+        logger.warning("could not remember order %s for the relay; the sweep resumes it", order_id)
+
+
 def workflow_start(*, order_id: OrderId) -> None:
     """Start a new order's workflow once the current transaction commits."""
-
-    def send() -> None:
-        workflow.build(order_id=order_id, line_ids=_line_ids(order_id)).apply_async()
-
-    _on_commit("start", order_id, send)
+    _on_commit(
+        "start", order_id, lambda: _continuation(order_id, OrderStatus.PENDING).apply_async()
+    )
 
 
 def workflow_resume(*, order: Order) -> None:
-    """Send the rest of the order's workflow from the status it reached (compensation for an
-    ended order) once the current transaction commits."""
-    if order.status in COMPENSATED_STATUSES:
-        compensation_start(order_id=order.id)
-        return
-    status, order_id = order.status, order.id
-
-    def send() -> None:
-        line_ids = _line_ids(order_id)
-        workflow.build(order_id=order_id, line_ids=line_ids, from_status=status).apply_async()
-
-    _on_commit("resume", order_id, send)
+    """Send the rest of the order's workflow from the status it reached (its compensation if
+    it ended) once the current transaction commits."""
+    order_id, status = order.id, order.status
+    _on_commit("resume", order_id, lambda: _continuation(order_id, status).apply_async())
 
 
 def compensation_start(*, order_id: OrderId) -> None:
     """Refund and notify a failed or cancelled order once the current transaction commits."""
     _on_commit("compensate", order_id, lambda: workflow.compensation(order_id=order_id).delay())
+
+
+def relay_pending() -> int:
+    """Send the workflow of every order whose send failed, from the status it has reached.
+    Stops at the first failure (the broker is still down). Returns how many were sent."""
+    sent = 0
+    with transaction.atomic():
+        # SKIP LOCKED: two relays (a slow one and the next) never send the same order twice.
+        pending = (
+            PendingDispatch.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("order")
+            .order_by("created_at")[:RELAY_BATCH]
+        )
+        for row in pending:
+            order = row.order
+            finished = order.status == OrderStatus.COMPLETED or (
+                order.status in COMPENSATED_STATUSES and order.compensated_at is not None
+            )
+            if not finished:
+                try:
+                    _continuation(order.id, order.status).apply_async()
+                except Exception:  # still unreachable: the next run tries again
+                    logger.warning("relay: the broker is still unreachable", exc_info=True)
+                    break
+                sent += 1
+            row.delete()
+    if sent:
+        logger.info("relay: sent %s order(s) whose dispatch had failed", sent)
+    return sent

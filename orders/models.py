@@ -302,3 +302,16 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class PendingDispatch(models.Model):
+    """An order whose next message could not be sent because the broker was down when its
+    transaction committed. orders/dispatch.py writes it only when a send fails, so the happy
+    path costs nothing; the relay (a beat task every ORDER_DISPATCH_RELAY_SECONDS) sends the
+    order's workflow from the status it has reached once the broker is back, and deletes it."""
+
+    order = models.OneToOneField(Order, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"dispatch of {self.order_id}"

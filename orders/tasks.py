@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from integrations.errors import TransientError
 
-from . import idempotency, recovery, services, steps
+from . import dispatch, idempotency, recovery, services, steps
 from .errors import StepNotReady
 from .locks import StepBusy, UniqueStepTask
 from .models import Order, OrderId, Outcome, Step
@@ -222,6 +222,11 @@ def compensate_order(self: OrderStepTask, *, order_id: str) -> None:
 @shared_task(name=TaskName.SWEEP_STALLED_ORDERS, ignore_result=True)
 def sweep_stalled_orders() -> dict[str, Any]:
     return recovery.sweep()
+
+
+@shared_task(name=TaskName.RELAY_DISPATCHES, ignore_result=True)
+def relay_dispatches() -> int:
+    return dispatch.relay_pending()
 
 
 @shared_task(name=TaskName.PURGE_IDEMPOTENCY_KEYS, ignore_result=True)

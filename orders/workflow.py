@@ -28,6 +28,7 @@ class TaskName:
     SEND_CONFIRMATION_EMAIL = "orders.send_confirmation_email"
     COMPENSATE_ORDER = "orders.compensate_order"
     SWEEP_STALLED_ORDERS = "orders.sweep_stalled_orders"
+    RELAY_DISPATCHES = "orders.relay_dispatches"
     PURGE_IDEMPOTENCY_KEYS = "orders.purge_idempotency_keys"
 
 

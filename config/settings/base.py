@@ -202,6 +202,9 @@ CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 ORDER_STALL_SECONDS = env.int("ORDER_STALL_SECONDS", default=300)
 ORDER_SWEEP_INTERVAL_SECONDS = env.float("ORDER_SWEEP_INTERVAL_SECONDS", default=60.0)
 ORDER_DEADLINE_SECONDS = env.int("ORDER_DEADLINE_SECONDS", default=3600)
+# How often beat sends the orders whose dispatch failed while the broker was down
+# (orders/dispatch.py): they start this long, at most, after the broker is back.
+ORDER_DISPATCH_RELAY_SECONDS = env.float("ORDER_DISPATCH_RELAY_SECONDS", default=5.0)
 # A shipped order stays `confirming` until its confirmation email is accepted: the sweep
 # tries again (waiting ORDER_STALL_SECONDS, doubling per failed round, at most an hour).
 # Past this deadline it completes without the email (noted, counted, reported).
@@ -245,6 +248,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": ORDER_SWEEP_INTERVAL_SECONDS,
         # A sweep that waited longer than one interval is superseded by the next one.
         "options": {"expires": ORDER_SWEEP_INTERVAL_SECONDS},
+    },
+    "relay-dispatches": {
+        "task": "orders.relay_dispatches",
+        "schedule": ORDER_DISPATCH_RELAY_SECONDS,
+        "options": {"expires": ORDER_DISPATCH_RELAY_SECONDS},
     },
     "purge-idempotency-keys": {
         "task": "orders.purge_idempotency_keys",
