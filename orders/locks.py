@@ -18,10 +18,12 @@ from typing import Any
 import redis
 from celery import Task
 from django.conf import settings
+from django.utils import timezone
 from redis.exceptions import LockError
 from redis.lock import Lock
 
 from .models import OrderId
+from .state import TaskRun, current_task_run
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,18 @@ class UniqueStepTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.is_eager:
             raise RuntimeError("workflow steps must run on a worker, never eagerly")
+        # The attempt's start, for the timeline's bars; kept on the request, which the
+        # retry and failure handlers still see after the run.
+        self.request.step_started_at = timezone.now()
+        run = current_task_run.set(
+            TaskRun(task_id=self.request.id or "", started_at=self.request.step_started_at)
+        )
+        try:
+            return self._run_locked(*args, **kwargs)
+        finally:
+            current_task_run.reset(run)
+
+    def _run_locked(self, *args: Any, **kwargs: Any) -> Any:
         lock = step_lock(self.lock_name(kwargs))
         try:
             acquired = lock.acquire()

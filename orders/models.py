@@ -27,6 +27,27 @@ class Product(models.Model):
         return f"{self.sku} ({self.name})"
 
 
+class StockAdjustment(models.Model):
+    """A change of a product's stock made by staff: `+n` (goods received) or `-n` (damaged,
+    counted short). Applied as an F() update, so it never overwrites reservations made
+    meanwhile; the product's history of adjustments is this table."""
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="adjustments")
+    delta = models.IntegerField()
+    stock_after = models.PositiveIntegerField()
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    reason = models.CharField(max_length=200, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.delta:+d} {self.product_id}"
+
+
 class OrderStatus(models.TextChoices):
     PENDING = "pending"  # accepted; the workflow has not started yet
     RESERVING = "reserving"  # stock is being reserved, one task per line
@@ -105,6 +126,13 @@ class Order(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # The admin's order actions, each its own permission: a support agent may cancel
+        # without being able to fail or resume.
+        permissions = [
+            ("cancel_order", "Can cancel orders (stock released, charge refunded)"),
+            ("resume_order", "Can resume unfinished orders now"),
+            ("fail_order", "Can fail orders stuck behind a provider"),
+        ]
         indexes = [
             # The recovery sweep looks for non-terminal orders not updated for a while.
             models.Index(fields=["status", "updated_at"], name="order_status_updated_idx"),
@@ -273,6 +301,10 @@ class OrderEvent(models.Model):
     reason_code = models.CharField(max_length=64, blank=True)
     data = models.JSONField(default=dict, blank=True)
     detail = models.TextField(blank=True)
+    # The Celery task that wrote it, and when that task attempt began: the admin draws each
+    # attempt as a bar from started_at to at, and links it to the task's result and Flower.
+    task_id = models.CharField(max_length=255, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
     at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -30,7 +30,7 @@ from .models import (
     OrderStatus,
     Step,
 )
-from .state import STEP_IN_FLIGHT
+from .state import STEP_IN_FLIGHT, SYSTEM, Actor
 
 logger = logging.getLogger(__name__)
 
@@ -96,26 +96,49 @@ def _email_waits(order: Order, idle: int) -> bool:
 
 
 def _expire(order: Order) -> int:
-    step = STEP_IN_FLIGHT.get(order.status)
-    lock = step_lock(lock_key(step=step, order_id=order.id)) if step else None
+    reason = f"deadline of {settings.ORDER_DEADLINE_SECONDS}s passed at {order.status}"
+    verdict = order_give_up(order=order, reason=reason, reason_code="deadline", step=Step.RECOVERY)
+    return int(verdict == GiveUp.FAILED)
+
+
+class GiveUp:
+    FAILED = "failed"
+    SHIPPED = "shipped"  # the carrier's ledger held a shipment: the order goes on
+    BUSY = "busy"  # its step is running now: decide later
+    UNKNOWN = "unknown"  # the carrier could not be asked
+    REFUSED = "refused"  # ended, or shipped: it cannot be failed
+
+
+def order_give_up(
+    *, order: Order, reason: str, reason_code: str, step: str = Step.ORDER, actor: Actor = SYSTEM
+) -> str:
+    """Fail an order from outside its workflow (the sweep at the deadline, staff in the
+    admin): under the lock of the step that may be in flight, so it never races a charge or
+    a shipment being made, and for a shipping order only after the carrier's ledger was
+    asked. Returns a GiveUp verdict."""
+    if order.status not in FAILABLE_STATUSES:
+        return GiveUp.REFUSED
+    in_flight = STEP_IN_FLIGHT.get(order.status)
+    lock = step_lock(lock_key(step=in_flight, order_id=order.id)) if in_flight else None
     if lock is not None and not lock.acquire():
-        return 0  # the step is running right now; the next sweep decides
+        return GiveUp.BUSY
     try:
-        # Re-read under the lock: the order may have moved on since the sweep's query.
+        # Re-read under the lock: the order may have moved on since it was read.
         status = Order.objects.filter(pk=order.pk).values_list("status", flat=True).first()
         if status != order.status:
-            return 0
-        reason = f"deadline of {settings.ORDER_DEADLINE_SECONDS}s passed at {order.status}"
-        if order.status == OrderStatus.SHIPPING:
+            return GiveUp.BUSY
+        if status == OrderStatus.SHIPPING:
             verdict = steps.shipment_fail(
-                order_id=order.id, step=Step.RECOVERY, reason_code="deadline", reason=reason
+                order_id=order.id, step=step, reason_code=reason_code, reason=reason, actor=actor
             )
-            return int(verdict == steps.ShipmentVerdict.FAILED)
-        return int(
-            services.order_fail(
-                order_id=order.id, step=Step.RECOVERY, reason_code="deadline", reason=reason
-            )
+            return {
+                steps.ShipmentVerdict.FAILED: GiveUp.FAILED,
+                steps.ShipmentVerdict.SHIPPED: GiveUp.SHIPPED,
+            }.get(verdict, GiveUp.UNKNOWN)
+        failed = services.order_fail(
+            order_id=order.id, step=step, reason_code=reason_code, reason=reason, actor=actor
         )
+        return GiveUp.FAILED if failed else GiveUp.REFUSED
     finally:
         if lock is not None:
             _release_quietly(lock)

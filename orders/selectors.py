@@ -1,9 +1,13 @@
 """Reads."""
 
-from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Prefetch, QuerySet
+from datetime import datetime, timedelta
 
-from .models import Order, OrderEvent, Product
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.utils import timezone
+
+from .models import TERMINAL_STATUSES, Order, OrderEvent, Product
 
 
 def product_list() -> QuerySet[Product]:
@@ -24,3 +28,16 @@ def order_get(*, user: AbstractBaseUser, order_id) -> Order | None:
     """None both when the order does not exist and when it is someone else's: the API must
     not reveal which."""
     return order_list(user=user).filter(pk=order_id).first()
+
+
+def orders_stalled(*, now: datetime | None = None) -> QuerySet[Order]:
+    """Unfinished orders with no progress (no status change, no timeline entry) for longer
+    than ORDER_STALL_SECONDS: what the admin's "stalled" filter and the `orders_stalled`
+    gauge show. Uses the (status, updated_at) index, then checks the timeline of the few."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.ORDER_STALL_SECONDS)
+    recent = OrderEvent.objects.filter(order=OuterRef("pk"), at__gte=cutoff)
+    return (
+        Order.objects.exclude(status__in=TERMINAL_STATUSES)
+        .filter(updated_at__lt=cutoff)
+        .exclude(Exists(recent))
+    )

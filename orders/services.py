@@ -30,6 +30,7 @@ from .models import (
     Outcome,
     Product,
     Step,
+    StockAdjustment,
 )
 from .state import SYSTEM, Actor, event_record, lock_order, order_transition
 
@@ -269,3 +270,27 @@ def compensation_reopen(*, order_id: OrderId) -> None:
 def compensation_done(*, order_id: OrderId) -> None:
     """Refunds and the customer's email are done for this ended order."""
     Order.objects.filter(pk=order_id).update(compensated_at=timezone.now())
+
+
+def product_stock_adjust(
+    *, product_id: int, delta: int, user: AbstractBaseUser | None, reason: str = ""
+) -> StockAdjustment:
+    """Add (or take, with a negative delta) units to a product's stock, as one conditional
+    F() update: reservations made since anyone looked at the stock are kept, and the stock
+    never goes below zero (ApplicationError instead)."""
+    if delta == 0:
+        raise ApplicationError("An adjustment must change the stock.", fields={"delta": ["0"]})
+    with transaction.atomic():
+        changed = Product.objects.filter(pk=product_id, stock__gte=max(-delta, 0)).update(
+            stock=F("stock") + delta
+        )
+        if not changed:
+            stock = Product.objects.filter(pk=product_id).values_list("stock", flat=True).first()
+            raise ApplicationError(
+                f"Cannot take {-delta} unit(s): only {stock} in stock.",
+                fields={"delta": [f"At most -{stock}."]},
+            )
+        stock_after = Product.objects.values_list("stock", flat=True).get(pk=product_id)
+        return StockAdjustment.objects.create(
+            product_id=product_id, delta=delta, stock_after=stock_after, user=user, reason=reason
+        )

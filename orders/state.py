@@ -11,7 +11,9 @@ This module imports only the models: anything may build on it.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -80,6 +82,17 @@ class Actor:
 SYSTEM = Actor(kind=ActorKind.SYSTEM)
 
 
+@dataclass(frozen=True)
+class TaskRun:
+    """The Celery task attempt running in this thread, if any (set by orders/locks.py)."""
+
+    task_id: str
+    started_at: datetime
+
+
+current_task_run: ContextVar[TaskRun | None] = ContextVar("current_task_run", default=None)
+
+
 def lock_order(order_id: OrderId) -> Order:
     """The order, with its row locked until the surrounding transaction ends. Every write to
     an order's workflow state happens under this lock, so two writers queue up instead of
@@ -101,8 +114,11 @@ def event_record(
     data: dict[str, Any] | None = None,
     status: str = "",
 ) -> OrderEvent:
-    """Append one entry to the order's timeline."""
+    """Append one entry to the order's timeline, with the task attempt that wrote it."""
+    run = current_task_run.get()
     return OrderEvent.objects.create(
+        task_id=run.task_id if run else "",
+        started_at=run.started_at if run else None,
         order=order,
         step=step,
         outcome=outcome,

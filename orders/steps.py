@@ -34,7 +34,7 @@ from .models import (
     Step,
 )
 from .notifications import notification_send
-from .state import event_record, lock_order, order_transition
+from .state import SYSTEM, Actor, event_record, lock_order, order_transition
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +288,7 @@ def shipment_fail(
     step: str = Step.CREATE_SHIPMENT,
     attempt: int = 1,
     resume: bool = True,
+    actor: Actor = SYSTEM,
 ) -> str:
     """Fail a shipping order, unless the carrier's ledger says the shipment exists.
 
@@ -331,6 +332,7 @@ def shipment_fail(
         attempt=attempt,
         reason_code=reason_code,
         reason=reason,
+        actor=actor,
         carrier_ledger_checked=True,
     )
     return ShipmentVerdict.FAILED if failed else ShipmentVerdict.UNKNOWN

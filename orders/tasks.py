@@ -5,12 +5,15 @@ names these tasks), and the locking in locks.py."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from redis.exceptions import RedisError
 
@@ -20,7 +23,7 @@ from . import dispatch, idempotency, recovery, services, steps
 from .errors import StepNotReady
 from .locks import StepBusy, UniqueStepTask
 from .models import Order, OrderId, Outcome, Step
-from .state import STEP_STATUSES, event_record
+from .state import STEP_STATUSES, TaskRun, current_task_run, event_record
 from .workflow import TaskName
 
 logger = logging.getLogger(__name__)
@@ -49,9 +52,22 @@ class OrderStepTask(UniqueStepTask):
     def lock_step(self) -> str:  # type: ignore[override]
         return self.step
 
+    @contextmanager
+    def _this_run(self) -> Iterator[None]:
+        """Timeline entries written by the retry and failure handlers, which Celery calls
+        after the run, still name this task attempt."""
+        started_at = getattr(self.request, "step_started_at", None) or timezone.now()
+        run = current_task_run.set(TaskRun(task_id=self.request.id or "", started_at=started_at))
+        try:
+            yield
+        finally:
+            current_task_run.reset(run)
+
     def _event(self, order_id: OrderId, outcome: str, detail: str, reason_code: str) -> None:
         order = Order.objects.filter(pk=order_id).first()
-        if order is not None:
+        if order is None:
+            return
+        with self._this_run():
             event_record(
                 order=order,
                 step=self.step,
@@ -100,11 +116,12 @@ class OrderStepTask(UniqueStepTask):
             return
         logger.error("%s gave up on order %s: %r", self.name, order_id, exc)
         try:
-            self.give_up(
-                OrderId(order_id),
-                f"{self.step} gave up after {self.attempt} attempt(s): "
-                f"{exc.__class__.__name__}: {exc}",
-            )
+            with self._this_run():
+                self.give_up(
+                    OrderId(order_id),
+                    f"{self.step} gave up after {self.attempt} attempt(s): "
+                    f"{exc.__class__.__name__}: {exc}",
+                )
         except Exception:
             # logger.exception keeps the error; the sweep finds the order later.
             logger.exception("could not record the failure of order %s", order_id)

@@ -260,6 +260,9 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Where the admin links a timeline entry's task in Flower.
+FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555")
+
 # --- Logging, Sentry ------------------------------------------------------------------------
 LOGGING = {
     "version": 1,
