@@ -1,9 +1,12 @@
 """The Celery application: `celery -A config worker` and `celery -A config beat`."""
 
+import logging.config
 import os
+from typing import Any
 
 from celery import Celery
-from celery.signals import task_prerun, worker_init
+from celery.signals import setup_logging, task_prerun, worker_init
+from django_structlog.celery.steps import DjangoStructLogInitStep
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
@@ -11,6 +14,17 @@ app = Celery("config")
 # Every Celery setting lives in Django settings as CELERY_<NAME>.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# django-structlog: request_id travels in every task's headers and is bound in the worker.
+app.steps["worker"].add(DjangoStructLogInitStep)
+
+
+@setup_logging.connect
+def configure_logging(**kwargs: Any) -> None:
+    """Workers and beat log through Django's LOGGING, in the web server's format, instead of
+    Celery's own handlers (as cookiecutter-django does)."""
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
 
 
 @worker_init.connect

@@ -15,8 +15,10 @@ the send leaves no record; the recovery sweep (ORDER_STALL_SECONDS) covers that 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import structlog
 from celery.canvas import Signature
 from django.db import DatabaseError, transaction
 
@@ -42,10 +44,13 @@ def _continuation(order_id: OrderId, status: str) -> Signature:
     return workflow.build(order_id=order_id, line_ids=_line_ids(order_id), from_status=status)
 
 
-def _on_commit(action: str, order_id: OrderId, send: Callable[[], object]) -> None:
+def _on_commit(
+    action: str, order_id: OrderId, send: Callable[[], object], request_id: str | None = None
+) -> None:
     def run() -> None:
         try:
-            send()
+            with _order_log_context(order_id, request_id):
+                send()
         except Exception:  # any broker library's error: the send is retried below
             logger.warning(
                 "could not %s order %s: the broker is unreachable; it is sent when it is back",
@@ -56,6 +61,20 @@ def _on_commit(action: str, order_id: OrderId, send: Callable[[], object]) -> No
             _remember(order_id)
 
     transaction.on_commit(run)
+
+
+@contextmanager
+def _order_log_context(order_id: OrderId, request_id: str | None) -> Iterator[None]:
+    """The order's id and the request that placed it, bound while a message is published:
+    django-structlog copies request_id into the message's headers, so the worker's log lines
+    for this order carry it, also when the sweep or the relay sends it long afterwards."""
+    bound = structlog.contextvars.get_contextvars()
+    if request_id is None:
+        request_id = bound.get("request_id") or (
+            Order.objects.filter(pk=order_id).values_list("request_id", flat=True).first() or ""
+        )
+    with structlog.contextvars.bound_contextvars(order_id=str(order_id), request_id=request_id):
+        yield
 
 
 def _remember(order_id: OrderId) -> None:
@@ -76,7 +95,12 @@ def workflow_resume(*, order: Order) -> None:
     """Send the rest of the order's workflow from the status it reached (its compensation if
     it ended) once the current transaction commits."""
     order_id, status = order.id, order.status
-    _on_commit("resume", order_id, lambda: _continuation(order_id, status).apply_async())
+    _on_commit(
+        "resume",
+        order_id,
+        lambda: _continuation(order_id, status).apply_async(),
+        request_id=order.request_id,
+    )
 
 
 def compensation_start(*, order_id: OrderId) -> None:
@@ -102,7 +126,8 @@ def relay_pending() -> int:
             )
             if not finished:
                 try:
-                    _continuation(order.id, order.status).apply_async()
+                    with _order_log_context(order.id, order.request_id):
+                        _continuation(order.id, order.status).apply_async()
                 except Exception:  # still unreachable: the next run tries again
                     logger.warning("relay: the broker is still unreachable", exc_info=True)
                     break

@@ -1,3 +1,6 @@
+import uuid
+from collections.abc import Callable
+
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
@@ -24,3 +27,33 @@ class BodySizeLimitMiddleware:
                     status=413,
                 )
         return self.get_response(request)
+
+
+# A client's X-Request-ID is kept if it is printable ASCII of at most this many characters;
+# anything else (too long, control characters that could forge log lines) gets a new id.
+REQUEST_ID_MAX_LENGTH = 200
+
+
+def _acceptable_request_id(value: str) -> bool:
+    return 0 < len(value) <= REQUEST_ID_MAX_LENGTH and all(32 <= ord(c) < 127 for c in value)
+
+
+class RequestIdMiddleware:
+    """Take the client's X-Request-ID (or make one), hand it to django-structlog, which puts
+    it on every log line of the request and into the headers of every Celery task sent while
+    handling it, and echo it in the response."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        # From META, not request.headers: that is cached on first use, and django-structlog
+        # must see the vetted value written below.
+        request_id = request.META.get("HTTP_X_REQUEST_ID", "")
+        if not _acceptable_request_id(request_id):
+            request_id = uuid.uuid4().hex
+        # django-structlog reads it from here (DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID).
+        request.META["HTTP_X_REQUEST_ID"] = request_id
+        response = self.get_response(request)
+        response["X-Request-ID"] = request_id
+        return response

@@ -119,6 +119,9 @@ class Order(models.Model):
     ship_postal_code = models.CharField(max_length=20)
     ship_country = models.CharField(max_length=2)
     failure_reason = models.TextField(blank=True)
+    # The X-Request-ID of the request that placed it: every task of its workflow logs it,
+    # also those the sweep resumes long after the request, so one grep finds its story.
+    request_id = models.CharField(max_length=200, blank=True)
     # Set once refunds and the failure/cancellation email are done (failed or cancelled orders).
     compensated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

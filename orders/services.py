@@ -12,6 +12,7 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+import structlog
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
@@ -75,7 +76,9 @@ def order_create(
             ship_city=shipping_address["city"],
             ship_postal_code=shipping_address["postal_code"],
             ship_country=shipping_address["country"],
+            request_id=structlog.contextvars.get_contextvars().get("request_id", ""),
         )
+        structlog.contextvars.bind_contextvars(order_id=str(order.id))
         OrderLine.objects.bulk_create(
             OrderLine(
                 order=order,

@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import structlog
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.dispatch import receiver
 from django.utils import timezone
+from django_structlog.celery.signals import bind_extra_task_metadata
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from redis.exceptions import RedisError
 
@@ -27,6 +30,15 @@ from .state import STEP_STATUSES, TaskRun, current_task_run, event_record
 from .workflow import TaskName
 
 logger = logging.getLogger(__name__)
+
+
+@receiver(bind_extra_task_metadata)
+def bind_order_to_task_logs(task: Any = None, **kwargs: Any) -> None:
+    """Every log line of a task carries its name and, for a step, the order's id."""
+    structlog.contextvars.bind_contextvars(task_name=task.name)
+    if order_id := (task.request.kwargs or {}).get("order_id"):
+        structlog.contextvars.bind_contextvars(order_id=str(order_id))
+
 
 # What a retry may cure: a provider's timeout or 5xx, a step that ran too long, the database
 # or Redis restarting under us, a chord callback that came before its header finished.

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+import structlog
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -25,12 +26,15 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_results",
+    "django_structlog",
     "orders",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "orders.middleware.RequestIdMiddleware",
+    "django_structlog.middlewares.RequestMiddleware",
     "orders.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -264,14 +268,71 @@ CELERY_BEAT_SCHEDULE = {
 FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555")
 
 # --- Logging, Sentry ------------------------------------------------------------------------
+# Structured logs (django-structlog): every line written while handling a request or running
+# a task carries request_id and, where there is one, order_id, task_id and task_name, in the
+# web server and the workers alike. LOG_FORMAT=json writes one JSON object per line
+# (production's default); `console` writes readable key=value lines.
+LOG_FORMAT = env("LOG_FORMAT", default="console")
+LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+_LOG_PRE_CHAIN = [
+    structlog.contextvars.merge_contextvars,  # request_id, order_id, task_id, task_name
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso"),
+]
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "formatters": {
+        "json": {
+            "()": structlog.stdlib.ProcessorFormatter,
+            "processors": [
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+            "foreign_pre_chain": _LOG_PRE_CHAIN,
+        },
+        "console": {
+            "()": structlog.stdlib.ProcessorFormatter,
+            "processors": [
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+            "foreign_pre_chain": _LOG_PRE_CHAIN,
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # A worker's "ready" and beat's start are what supervisors and the tests wait for.
+        "celery.apps": {"level": "INFO"},
+        "celery.beat": {"level": "INFO"},
+    },
 }
+structlog.configure(
+    processors=[
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.filter_by_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.UnicodeDecoder(),
+        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+    ],
+    logger_factory=structlog.stdlib.LoggerFactory(),
+    cache_logger_on_first_use=True,
+)
+DJANGO_STRUCTLOG_CELERY_ENABLED = True
+# orders.middleware.RequestIdMiddleware has vetted the header before django-structlog reads it.
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
+# Addresses would be read from X-Forwarded-For, which clients can write (see THROTTLE_NUM_PROXIES).
+DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False
+# Workers log through LOGGING too (config/celery.py hooks setup_logging), not Celery's own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 SENTRY_DSN = env("SENTRY_DSN", default="")
 if SENTRY_DSN:

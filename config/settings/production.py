@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import database_from_env, env
+from .base import LOGGING, database_from_env, env
 
 DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY")  # no default: a missing key stops the start
@@ -14,6 +14,8 @@ if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or "insecure" in SECRET_KEY:
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 DATABASES = {"default": database_from_env()}  # DATABASE_URL required
 SANDBOX_ENABLED = False
+# One JSON object per log line, for the log pipeline.
+LOGGING["handlers"]["console"]["formatter"] = env("LOG_FORMAT", default="json")
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)

@@ -1,5 +1,6 @@
 """API views: validate with an input serializer, call a service, answer with an output serializer."""
 
+import structlog
 from django.contrib.auth import authenticate
 from django.db import transaction
 from django.urls import reverse
@@ -300,6 +301,7 @@ class OrderDetailView(APIView):
         parameters=error_headers(401),
     )
     def get(self, request, order_id):
+        structlog.contextvars.bind_contextvars(order_id=str(order_id))
         order = selectors.order_get(user=request.user, order_id=order_id)
         if order is None:
             raise ApplicationError("Not found.", status_code=404, code="not_found")
@@ -321,6 +323,7 @@ class OrderCancelView(APIView):
         parameters=error_headers(401),
     )
     def post(self, request, order_id):
+        structlog.contextvars.bind_contextvars(order_id=str(order_id))
         order = selectors.order_get(user=request.user, order_id=order_id)
         if order is None:
             raise ApplicationError("Not found.", status_code=404, code="not_found")
