@@ -28,17 +28,18 @@ def configure_logging(**kwargs: Any) -> None:
 
 
 @worker_init.connect
-def refuse_bad_timing(**kwargs) -> None:
+def refuse_bad_settings(**kwargs: Any) -> None:
     """Django runs its checks for the web server; a worker must refuse to start too when the
-    timing settings are in an order that lets one step run twice (orders/checks.py)."""
-    from orders.checks import timing_errors
+    timing settings are in an order that lets one step run twice (orders.E001) or when the
+    providers are not real where the sandbox is off (orders.E002): orders/checks.py."""
+    from orders.checks import startup_errors
 
-    if errors := timing_errors():
+    if errors := startup_errors():
         raise SystemExit("Refusing to start: " + "; ".join(errors))
 
 
 @task_prerun.connect
-def drop_broken_db_connections(**kwargs) -> None:
+def drop_broken_db_connections(**kwargs: Any) -> None:
     """What Django does at the start of every web request, done before every task: close a
     connection that errored (e.g. PostgreSQL restarted) or outlived CONN_MAX_AGE. Without it a
     worker process keeps its dead connection until CELERY_DB_REUSE_MAX tasks have passed, and

@@ -1,8 +1,21 @@
 """Start-up checks for the timing settings whose order prevents double execution.
 The reasons are in config/settings/base.py, beside the numbers."""
 
+from typing import Any
+
 from django.conf import settings
 from django.core import checks
+from django.utils.module_loading import import_string
+
+# Email backends that deliver nothing: fine for a laptop or a test, never for customers.
+NON_DELIVERING_EMAIL_BACKENDS = frozenset(
+    {
+        "django.core.mail.backends.console.EmailBackend",
+        "django.core.mail.backends.locmem.EmailBackend",
+        "django.core.mail.backends.dummy.EmailBackend",
+        "django.core.mail.backends.filebased.EmailBackend",
+    }
+)
 
 
 def timing_errors() -> list[str]:
@@ -41,6 +54,36 @@ def timing_errors() -> list[str]:
     return [message for ok, message in rules if not ok]
 
 
+def provider_errors() -> list[str]:
+    """Where the sandbox is off (production), the providers must be real: no sandbox adapter,
+    no adapter path that does not import, no email backend that delivers nothing."""
+    if settings.SANDBOX_ENABLED:
+        return []
+    errors = []
+    for name in ("PAYMENT_GATEWAY", "SHIPPING_CARRIER"):
+        path = getattr(settings, name)
+        try:
+            adapter = import_string(path)
+        except ImportError as exc:
+            errors.append(f"{name}={path!r} cannot be imported: {exc}")
+            continue
+        if getattr(adapter, "is_sandbox", False):
+            errors.append(f"{name}={path} is a sandbox adapter, and the sandbox is off here")
+    if settings.EMAIL_BACKEND in NON_DELIVERING_EMAIL_BACKENDS:
+        errors.append(f"EMAIL_BACKEND={settings.EMAIL_BACKEND} delivers no email to customers")
+    return errors
+
+
+def startup_errors() -> list[str]:
+    """What stops a web server (system checks) and a worker (config/celery.py) from starting."""
+    return timing_errors() + provider_errors()
+
+
 @checks.register("orders")
-def check_timing(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+def check_timing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     return [checks.Error(message, id="orders.E001") for message in timing_errors()]
+
+
+@checks.register("orders")
+def check_providers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    return [checks.Error(message, id="orders.E002") for message in provider_errors()]

@@ -29,6 +29,10 @@ def production_env(**overrides: str | None) -> dict:
         # Never connected to by these tests: nothing here touches the database.
         "DATABASE_URL": "postgres://orders:secret@db.invalid:5432/orders",
         "REDIS_URL": "redis://redis.invalid:6379/0",
+        # Real adapters are required; the unit layer's doubles stand in for them here.
+        "PAYMENT_GATEWAY": "tests.fakes.FakeGateway",
+        "SHIPPING_CARRIER": "tests.fakes.FakeCarrier",
+        "EMAIL_HOST": "smtp.example.com",
     }
     env.update(overrides)
     return {name: value for name, value in env.items() if value is not None}
@@ -68,11 +72,39 @@ def test_production_refuses_to_start_without_a_strong_secret_key(key):
     assert "DJANGO_SECRET_KEY" in result.stderr.splitlines()[-1]
 
 
-@pytest.mark.parametrize("name", ["DJANGO_ALLOWED_HOSTS", "DATABASE_URL"])
+@pytest.mark.parametrize(
+    "name",
+    ["DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "PAYMENT_GATEWAY", "SHIPPING_CARRIER", "EMAIL_HOST"],
+)
 def test_production_refuses_to_start_without_its_other_required_settings(name):
     result = run(["-c", "import config.settings.production"], **{name: None})
     assert result.returncode != 0
     assert name in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PAYMENT_GATEWAY", "integrations.payments.SandboxPaymentGateway"),
+        ("SHIPPING_CARRIER", "integrations.shipping.SandboxCarrier"),
+        ("PAYMENT_GATEWAY", "payments.does.not.Exist"),
+    ],
+)
+def test_production_refuses_the_sandbox_adapters(name, value):
+    result = run(["manage.py", "check"], **{name: value})
+
+    assert result.returncode != 0
+    assert "orders.E002" in result.stderr and value in result.stderr
+
+
+def test_a_production_worker_refuses_to_start_on_the_sandbox():
+    result = run(
+        ["-m", "celery", "-A", "config", "worker", "--pool", "solo"],
+        SHIPPING_CARRIER="integrations.shipping.SandboxCarrier",
+    )
+
+    assert result.returncode != 0
+    assert "Refusing to start" in result.stderr and "sandbox adapter" in result.stderr
 
 
 PROBE = """

@@ -65,3 +65,30 @@ def test_a_worker_refuses_to_start_with_timings_out_of_order():
     )
     assert result.returncode != 0
     assert "TASK_LOCK_TIMEOUT must exceed CELERY_TASK_TIME_LIMIT" in result.stderr
+
+
+def test_without_the_sandbox_every_provider_must_be_real(settings):
+    from orders.checks import provider_errors
+
+    settings.SANDBOX_ENABLED = False
+    settings.PAYMENT_GATEWAY = "tests.fakes.FakeGateway"
+    settings.SHIPPING_CARRIER = "tests.fakes.FakeCarrier"
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    assert provider_errors() == []
+
+    for backend in ("console", "locmem"):
+        settings.EMAIL_BACKEND = f"django.core.mail.backends.{backend}.EmailBackend"
+        assert any("delivers no email" in e for e in provider_errors())
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.PAYMENT_GATEWAY = "integrations.payments.SandboxPaymentGateway"
+    assert provider_errors() == [
+        "PAYMENT_GATEWAY=integrations.payments.SandboxPaymentGateway is a sandbox adapter, "
+        "and the sandbox is off here"
+    ]
+
+
+def test_with_the_sandbox_on_its_adapters_are_fine(settings):
+    from orders.checks import provider_errors
+
+    assert settings.SANDBOX_ENABLED
+    assert provider_errors() == []

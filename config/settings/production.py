@@ -14,6 +14,13 @@ if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or "insecure" in SECRET_KEY:
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 DATABASES = {"default": database_from_env()}  # DATABASE_URL required
 SANDBOX_ENABLED = False
+# Real providers, named explicitly: no default can silently point production at the
+# sandbox (orders.E002 refuses sandbox adapters and mail backends that deliver nothing).
+PAYMENT_GATEWAY = env("PAYMENT_GATEWAY")
+SHIPPING_CARRIER = env("SHIPPING_CARRIER")
+SANDBOX_URL = ""
+EMAIL_HOST = env("EMAIL_HOST")
+EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 # One JSON object per log line, for the log pipeline.
 LOGGING["handlers"]["console"]["formatter"] = env("LOG_FORMAT", default="json")
 

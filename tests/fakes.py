@@ -1,0 +1,165 @@
+"""Test doubles for the unit layer: a payment gateway and a carrier in memory, named in
+settings exactly as real adapters are (PAYMENT_GATEWAY = "tests.fakes.FakeGateway",
+SHIPPING_CARRIER = "tests.fakes.FakeCarrier").
+
+Each keeps a ledger, as the real provider does, and honours idempotency keys as the sandbox
+does: the same key gives the same charge or shipment, never a second one. What the next
+calls do is scripted, one word per call, popped in order (an empty script means "act"):
+
+    FakeGateway.script("timeout_after_success", "ok")  # the first charge acts, then times out
+    FakeCarrier.script("timeout")                       # the first create fails before acting
+
+Words: "ok"; "timeout" (TransientError, nothing done); "timeout_after_success" (done and
+recorded, then TransientError: the answer was lost); "decline" (a declined charge);
+"reject" (PermanentError); "unreachable" (TransientError for ledger reads too, until the
+script is empty). `reset()` empties ledgers and scripts; the `fakes` fixture does it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import ClassVar
+
+from integrations.errors import PermanentError, TransientError
+from integrations.payments import ChargeResult, GatewayCharge, RefundResult
+from integrations.shipping import ShipmentResult
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class _Charge:
+    charge_id: str
+    order_id: str
+    amount: Decimal
+    status: str
+    refunded: bool = False
+
+
+@dataclass
+class _Book:
+    script: deque[str] = field(default_factory=deque)
+    calls: list[str] = field(default_factory=list)
+
+
+class _Scripted:
+    _book: ClassVar[_Book]
+
+    @classmethod
+    def script(cls, *words: str) -> None:
+        cls._book.script.extend(words)
+
+    @classmethod
+    def _next(cls, call: str) -> str:
+        cls._book.calls.append(call)
+        return cls._book.script.popleft() if cls._book.script else "ok"
+
+    @classmethod
+    def calls(cls) -> list[str]:
+        return list(cls._book.calls)
+
+    @classmethod
+    def _check_reachable(cls, call: str) -> None:
+        if cls._book.script and cls._book.script[0] == "unreachable":
+            cls._next(call)
+            raise TransientError(f"{call}: connection refused (fake)")
+
+
+class FakeGateway(_Scripted):
+    _book = _Book()
+    charges: ClassVar[dict[str, _Charge]] = {}  # by idempotency key
+    refunds: ClassVar[dict[str, RefundResult]] = {}  # by idempotency key
+
+    @classmethod
+    def reset(cls) -> None:
+        cls._book = _Book()
+        cls.charges.clear()
+        cls.refunds.clear()
+
+    def charge(
+        self, *, order_id: str, amount: Decimal, currency: str, token: str, idempotency_key: str
+    ) -> ChargeResult:
+        self._check_reachable("charge")
+        word = self._next("charge")
+        if word == "timeout":
+            raise TransientError("charge: timed out (fake)")
+        if word == "reject":
+            raise PermanentError("charge: rejected (fake)", code="invalid_request")
+        existing = self.charges.get(idempotency_key)
+        if existing is None:
+            status = "declined" if word == "decline" else "captured"
+            existing = self.charges[idempotency_key] = _Charge(
+                charge_id=f"ch_fake_{next(_ids)}", order_id=order_id, amount=amount, status=status
+            )
+        if word == "timeout_after_success":
+            raise TransientError("charge: timed out after the gateway captured (fake)")
+        if existing.status == "declined":
+            return ChargeResult(status="declined", decline_code="card_declined")
+        return ChargeResult(status="captured", charge_id=existing.charge_id, amount=amount)
+
+    def refund(self, *, charge_id: str, idempotency_key: str) -> RefundResult:
+        self._check_reachable("refund")
+        word = self._next("refund")
+        if word == "timeout":
+            raise TransientError("refund: timed out (fake)")
+        if idempotency_key not in self.refunds:
+            charge = next(c for c in self.charges.values() if c.charge_id == charge_id)
+            charge.refunded = True
+            self.refunds[idempotency_key] = RefundResult(
+                refund_id=f"re_fake_{next(_ids)}", charge_id=charge_id, amount=charge.amount
+            )
+        if word == "timeout_after_success":
+            raise TransientError("refund: timed out after the gateway refunded (fake)")
+        return self.refunds[idempotency_key]
+
+    def list_charges(self, *, order_id: str) -> list[GatewayCharge]:
+        self._check_reachable("list_charges")
+        return [
+            GatewayCharge(c.charge_id, c.status, c.amount, c.refunded)
+            for c in self.charges.values()
+            if c.order_id == order_id
+        ]
+
+    @classmethod
+    def ledger(cls, order_id: object) -> list[_Charge]:
+        return [c for c in cls.charges.values() if c.order_id == str(order_id)]
+
+
+class FakeCarrier(_Scripted):
+    _book = _Book()
+    shipments: ClassVar[dict[str, tuple[str, ShipmentResult]]] = {}  # key -> (order, result)
+
+    @classmethod
+    def reset(cls) -> None:
+        cls._book = _Book()
+        cls.shipments.clear()
+
+    def create_shipment(
+        self, *, order_id: str, address: dict, idempotency_key: str
+    ) -> ShipmentResult:
+        self._check_reachable("create_shipment")
+        word = self._next("create_shipment")
+        if word == "timeout":
+            raise TransientError("create_shipment: timed out (fake)")
+        if word == "reject":
+            raise PermanentError("create_shipment: address rejected (fake)", code="address_rejected")
+        if idempotency_key not in self.shipments:
+            number = next(_ids)
+            self.shipments[idempotency_key] = (
+                order_id,
+                ShipmentResult(carrier="fake-post", tracking_number=f"FK{number:08d}", reference=f"shp_{number}"),
+            )
+        if word == "timeout_after_success":
+            raise TransientError("create_shipment: timed out after the carrier acted (fake)")
+        return self.shipments[idempotency_key][1]
+
+    def list_shipments(self, *, order_id: str) -> list[ShipmentResult]:
+        self._check_reachable("list_shipments")
+        return [result for order, result in self.shipments.values() if order == order_id]
+
+    @classmethod
+    def ledger(cls, order_id: object) -> list[ShipmentResult]:
+        return [result for order, result in cls.shipments.values() if order == str(order_id)]
