@@ -1,13 +1,16 @@
-import time
+from decimal import Decimal
 
 import pytest
-import requests
 
 from tests.services import ensure_services
 
 ensure_services()
 
 from tests.factories import ProductFactory, TokenFactory, UserFactory  # noqa: E402
+from tests.helpers import api_session, gateway_ledger  # noqa: E402
+
+# The real-process harness (stack_factory) is a plugin: fixtures, not imports.
+pytest_plugins = ["tests.procs"]
 
 
 @pytest.fixture(autouse=True)
@@ -101,48 +104,16 @@ def pipeline(transactional_db, sandbox, pipeline_worker):
 @pytest.fixture
 def live_api(pipeline, token):
     """A requests session against the live server, authenticated as `user`."""
-    session = requests.Session()
-    session.headers["Authorization"] = f"Token {token.key}"
-    session.base_url = pipeline.url
-    return session
-
-
-def wait_for_order(
-    order_id,
-    *,
-    statuses=("completed", "failed", "cancelled"),
-    timeout: float = 30.0,
-    compensated: bool = True,
-):
-    """Poll the database until the order reaches one of `statuses` (and, for failed or
-    cancelled orders, until its compensation has run). Returns the order."""
-    from orders.models import Order
-
-    deadline = time.monotonic() + timeout
-    while True:
-        order = Order.objects.get(pk=order_id)
-        done = order.status in statuses
-        if done and compensated and order.status in ("failed", "cancelled"):
-            done = order.compensated_at is not None
-        if done:
-            return order
-        if time.monotonic() > deadline:
-            events = list(order.events.values_list("step", "outcome", "detail"))
-            raise AssertionError(
-                f"order {order_id} is {order.status} after {timeout}s; timeline: {events}"
-            )
-        time.sleep(0.1)
+    return api_session(token.key, pipeline.url)
 
 
 @pytest.fixture
 def ledger(sandbox):
-    """The sandbox gateway's ledger, read over HTTP as a client of the gateway would."""
+    """The sandbox gateway's ledger of an order, read over HTTP as its clients would."""
+    return lambda order_id: gateway_ledger(sandbox.url, order_id)
 
-    def charges(order_id) -> list[dict]:
-        response = requests.get(
-            f"{sandbox.url}/sandbox/payments/charges/", params={"order": str(order_id)}, timeout=5
-        )
-        response.raise_for_status()
-        return response.json()["results"]
 
-    return charges
+@pytest.fixture
+def mug(db):
+    """The product most tests order: 10 mugs at 12.50 EUR."""
+    return ProductFactory(sku="MUG-001", price=Decimal("12.50"), stock=10)

@@ -145,12 +145,18 @@ class FakeCarrier(_Scripted):
         if word == "timeout":
             raise TransientError("create_shipment: timed out (fake)")
         if word == "reject":
-            raise PermanentError("create_shipment: address rejected (fake)", code="address_rejected")
+            raise PermanentError(
+                "create_shipment: address rejected (fake)", code="address_rejected"
+            )
         if idempotency_key not in self.shipments:
             number = next(_ids)
             self.shipments[idempotency_key] = (
                 order_id,
-                ShipmentResult(carrier="fake-post", tracking_number=f"FK{number:08d}", reference=f"shp_{number}"),
+                ShipmentResult(
+                    carrier="fake-post",
+                    tracking_number=f"FK{number:08d}",
+                    reference=f"shp_{number}",
+                ),
             )
         if word == "timeout_after_success":
             raise TransientError("create_shipment: timed out after the carrier acted (fake)")

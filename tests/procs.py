@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from email.message import Message
 from pathlib import Path
 
@@ -67,24 +67,6 @@ _OWN_NAMES = {
 
 class ProcessFailed(RuntimeError):
     """A child process exited or did not become ready in time."""
-
-
-def wait_for(
-    predicate: Callable[[], object],
-    *,
-    timeout: float,
-    interval: float = 0.1,
-    what: str = "condition",
-):
-    """Poll `predicate` until it returns something truthy (returned), at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -617,45 +599,3 @@ def stack_factory(transactional_db, tmp_path):
     yield make
     for stack in stacks:
         stack.stop()
-
-
-def api_session(token: str) -> requests.Session:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Token {token}"
-    return session
-
-
-def ledger(stack: Stack, order_id=None) -> list[dict]:
-    """The sandbox gateway's charges (of one order, or all), read over HTTP."""
-    params = {"order": str(order_id)} if order_id else {}
-    response = requests.get(f"{stack.web_url}/sandbox/payments/charges/", params=params, timeout=30)
-    response.raise_for_status()
-    return response.json()["results"]
-
-
-def wait_for_orders(order_ids: Iterable, *, timeout: float, interval: float = 0.5) -> list:
-    """Wait until every order is terminal and, if failed or cancelled, compensated. Returns
-    the orders; raises with the stragglers' timelines on timeout."""
-    from orders.models import TERMINAL_STATUSES, Order
-
-    ids = [str(i) for i in order_ids]
-    deadline = time.monotonic() + timeout
-    while True:
-        orders = list(Order.objects.filter(pk__in=ids))
-        waiting = [
-            o
-            for o in orders
-            if o.status not in TERMINAL_STATUSES
-            or (o.status != "completed" and o.compensated_at is None)
-        ]
-        if not waiting and len(orders) == len(ids):
-            return orders
-        if time.monotonic() > deadline:
-            lines = [f"{len(waiting)} of {len(ids)} orders not done after {timeout}s"]
-            for order in waiting[:5]:
-                events = list(order.events.values_list("step", "outcome", "detail"))
-                lines.append(
-                    f"  {order.id} {order.status} compensated_at={order.compensated_at}: {events}"
-                )
-            raise AssertionError("\n".join(lines))
-        time.sleep(interval)

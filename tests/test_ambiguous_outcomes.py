@@ -12,18 +12,18 @@ serving the API and the sandbox providers, a prefork worker, beat, a real SMTP s
 import time
 
 import pytest
-import requests
 
 from orders.models import Order, Shipment
-from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
-from tests.procs import (
-    api_session,
-    ledger,
-    stack_factory,  # noqa: F401 (the fixture)
-    timing_errors_under,
+from tests.factories import ProductFactory, order_payload
+from tests.helpers import (
+    carrier_ledger,
+    gateway_ledger,
+    place_as_new_customer,
+    reason_codes,
     wait_for,
     wait_for_orders,
 )
+from tests.procs import timing_errors_under
 
 pytestmark = pytest.mark.slow
 
@@ -46,25 +46,6 @@ def test_the_fast_timings_are_in_the_order_the_checks_demand():
     assert timing_errors_under(FAST) == []
 
 
-def _place(stack, payload) -> str:
-    api = api_session(TokenFactory(user=UserFactory()).key)
-    response = api.post(f"{stack.web_url}/api/orders/", json=payload, timeout=15)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def _reason_codes(order) -> list[str]:
-    return list(order.events.order_by("at", "id").values_list("reason_code", flat=True))
-
-
-def _carrier_ledger(stack, order_id) -> list[dict]:
-    response = requests.get(
-        f"{stack.web_url}/sandbox/shipping/shipments/", params={"order": order_id}, timeout=10
-    )
-    response.raise_for_status()
-    return response.json()["results"]
-
-
 def test_a_shipment_created_before_a_timeout_completes_the_order(stack_factory):
     """postal_code 00001: the carrier creates the shipment, answers after our timeout, then
     answers 503 to every further create. Expected: when the retries run out the carrier's
@@ -73,16 +54,18 @@ def test_a_shipment_created_before_a_timeout_completes_the_order(stack_factory):
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     stack = stack_factory(env=FAST, workers=1, beat=True)
 
-    order_id = _place(stack, order_payload(("MUG-001", 1), postal_code="00001"))
+    order_id = place_as_new_customer(
+        stack.web_url, order_payload(("MUG-001", 1), postal_code="00001")
+    )
     [order] = wait_for_orders([order_id], timeout=90)
 
-    assert order.status == "completed", _reason_codes(order)
-    [carried] = _carrier_ledger(stack, order_id)
+    assert order.status == "completed", reason_codes(order)
+    [carried] = carrier_ledger(stack.web_url, order_id)
     assert Shipment.objects.get(order=order).tracking_number == carried["tracking_number"]
-    charges = ledger(stack, order_id)
+    charges = gateway_ledger(stack.web_url, order_id)
     assert [(c["status"], c["refunded"]) for c in charges] == [("captured", False)]
     assert order.payment.status == "captured"
-    codes = _reason_codes(order)
+    codes = reason_codes(order)
     assert "shipment_found" in codes and "transient_error" in codes
     assert "refunded" not in codes and order.failure_reason == ""
     assert stack.smtp.subjects() == [f"Your order {order.id} is confirmed"]
@@ -97,9 +80,9 @@ def test_an_smtp_outage_longer_than_the_retries_waits_for_the_mail_server(stack_
     stack = stack_factory(env=FAST, workers=1, beat=True)
     stack.smtp.stop()
 
-    order_id = _place(stack, order_payload(("MUG-001", 1)))
+    order_id = place_as_new_customer(stack.web_url, order_payload(("MUG-001", 1)))
     wait_for(
-        lambda: "email_waiting" in _reason_codes(Order.objects.get(pk=order_id)),
+        lambda: "email_waiting" in reason_codes(Order.objects.get(pk=order_id)),
         timeout=60,
         interval=0.3,
         what="the step's retries to run out",
@@ -112,7 +95,7 @@ def test_an_smtp_outage_longer_than_the_retries_waits_for_the_mail_server(stack_
 
     assert order.status == "completed"
     assert stack.smtp.subjects() == [f"Your order {order.id} is confirmed"]
-    codes = _reason_codes(order)
+    codes = reason_codes(order)
     assert codes.count("email_waiting") >= 2, codes
     assert "resumed" in codes and "email_sent" in codes
     assert codes[-1] == "completed" and "completed_without_email" not in codes
@@ -127,11 +110,11 @@ def test_past_the_email_deadline_the_order_completes_without_it(stack_factory):
     stack = stack_factory(env={**FAST, "ORDER_EMAIL_DEADLINE_SECONDS": "12"}, workers=1, beat=True)
     stack.smtp.stop()
 
-    order_id = _place(stack, order_payload(("MUG-001", 1)))
+    order_id = place_as_new_customer(stack.web_url, order_payload(("MUG-001", 1)))
     [order] = wait_for_orders([order_id], timeout=90)
 
     assert order.status == "completed"
-    assert _reason_codes(order)[-1] == "completed_without_email"
+    assert reason_codes(order)[-1] == "completed_without_email"
     assert stack.smtp.subjects() == []
     logs = "".join(proc.log() for proc in [*stack.workers, stack.beat] if proc is not None)
     assert "completed without its confirmation email" in logs

@@ -4,7 +4,6 @@ in the API's one error shape and leaves the database as it was."""
 
 import base64
 import uuid
-from decimal import Decimal
 
 import pytest
 from rest_framework.authtoken.models import Token
@@ -13,7 +12,7 @@ from rest_framework.test import APIClient
 from orders import services
 from orders.models import Order, OrderStatus
 from tests.api_fixtures import assert_error, db_state
-from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
+from tests.factories import TokenFactory, UserFactory, order_payload
 
 ADDRESS = {
     "name": "A",
@@ -29,11 +28,6 @@ def client_for(token: Token | None = None) -> APIClient:
     if token is not None:
         client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
     return client
-
-
-@pytest.fixture
-def mug(db):
-    return ProductFactory(sku="MUG-001", price=Decimal("12.50"), stock=100)
 
 
 @pytest.fixture
@@ -70,7 +64,7 @@ def order_endpoints(order_id) -> list[tuple[str, str]]:
     ]
 
 
-# --- API2: no token, a bad token, another scheme --------------------------------------------------------
+# --- API2: no token, a bad token, another scheme --------------------------------------------------
 BAD_CREDENTIALS = {
     "none": None,
     "unknown token": "Token 0123456789abcdef0123456789abcdef01234567",
@@ -126,7 +120,7 @@ def test_products_are_public_but_a_bad_token_is_still_refused(mug):
     assert_error(bad.get("/api/products/"), 401, "authentication_failed")
 
 
-# --- API1: another user's order is not found -------------------------------------------------------------
+# --- API1: another user's order is not found ------------------------------------------------------
 def test_another_users_order_is_404_like_one_that_does_not_exist(api, theirs):
     foreign = api.get(f"/api/orders/{theirs.pk}/")
     missing = api.get(f"/api/orders/{uuid.uuid4()}/")
@@ -175,7 +169,7 @@ def test_an_unknown_order_id_is_404_in_the_error_shape(api):
     assert_error(api.post(f"/api/orders/{uuid.uuid4()}/cancel/"), 404, "not_found")
 
 
-# --- Tokens: issued for the right password only, revoked on logout --------------------------------------
+# --- Tokens: issued for the right password only, revoked on logout --------------------------------
 def test_a_token_is_issued_for_the_right_password(client, user):
     response = client.post(
         "/api/auth/token/",
@@ -241,7 +235,7 @@ def test_logout_revokes_only_the_callers_token(api, theirs):
     assert client_for(other).get("/api/orders/").status_code == 200
 
 
-# --- The one error shape, for what no view handles ----------------------------------------------------------
+# --- The one error shape, for what no view handles ------------------------------------------------
 @pytest.mark.parametrize(
     "path",
     [
@@ -288,7 +282,7 @@ def test_a_token_on_a_non_json_accept_header_is_a_406_in_the_error_shape(api):
     assert_error(api.get("/api/orders/", HTTP_ACCEPT="text/html"), 406, "not_acceptable")
 
 
-# --- API5: the admin needs a staff login ---------------------------------------------------------------------
+# --- API5: the admin needs a staff login ----------------------------------------------------------
 @pytest.mark.parametrize(
     "path",
     ["/admin/", "/admin/orders/order/", "/admin/orders/product/", "/admin/authtoken/tokenproxy/"],

@@ -2,18 +2,12 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
 from orders.models import IdempotencyKey, Order
 from tests.factories import ProductFactory, order_payload
 
 URL = "/api/orders/"
-
-
-@pytest.fixture
-def mug(db):
-    return ProductFactory(sku="MUG-001", price="12.50", stock=10)
 
 
 def test_same_key_replays_the_first_response_and_creates_one_order(

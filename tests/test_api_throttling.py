@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from decimal import Decimal
 
 import pytest
 from rest_framework.authtoken.models import Token
@@ -15,7 +14,7 @@ from rest_framework.test import APIClient
 from orders.api.throttles import AuthTokenThrottle, OrderCreateAnonThrottle, OrderCreateUserThrottle
 from orders.models import Order
 from tests.api_fixtures import assert_error, db_state
-from tests.factories import ProductFactory, TokenFactory, order_payload
+from tests.factories import TokenFactory, order_payload
 
 URL = "/api/orders/"
 
@@ -34,11 +33,6 @@ def rates(settings):
         }
 
     return set_rates
-
-
-@pytest.fixture
-def mug(db):
-    return ProductFactory(sku="MUG-001", price=Decimal("12.50"), stock=100)
 
 
 @pytest.fixture
@@ -65,7 +59,7 @@ def client_for(token: Token | None) -> APIClient:
     return client
 
 
-# --- Rates -------------------------------------------------------------------------------------------------
+# --- Rates ----------------------------------------------------------------------------------------
 def test_rates_are_read_from_settings_at_request_time(rates):
     rates(order_create="7/min", order_create_anon="3/hour", auth_token="5/day")
     assert OrderCreateUserThrottle().rate == "7/min"
@@ -100,7 +94,7 @@ def test_rates_come_from_the_environment():
     ]
 
 
-# --- Order creation, per user ---------------------------------------------------------------------------------
+# --- Order creation, per user ---------------------------------------------------------------------
 def test_order_creation_is_throttled_per_user(rates, mug, post_order, token):
     rates(order_create="2/min")
     alice, bob = client_for(token), client_for(TokenFactory())
@@ -132,7 +126,7 @@ def test_a_replayed_idempotent_request_is_throttled_like_any_other(rates, mug, p
     assert_throttled(post_order(client, HTTP_IDEMPOTENCY_KEY="k"))
 
 
-# --- Anonymous clients, per address ---------------------------------------------------------------------------
+# --- Anonymous clients, per address ---------------------------------------------------------------
 def test_anonymous_order_attempts_are_throttled_per_address(rates, mug, post_order):
     rates(order_create_anon="2/min")
     anonymous = APIClient()
@@ -156,7 +150,7 @@ def test_with_a_trusted_proxy_the_address_it_saw_is_throttled(rates, mug, post_o
     assert post_order(anonymous, HTTP_X_FORWARDED_FOR="1.1.1.1, 198.51.100.2").status_code == 401
 
 
-# --- The token endpoint, per address -----------------------------------------------------------------------------
+# --- The token endpoint, per address --------------------------------------------------------------
 def test_password_guessing_is_throttled_and_then_even_the_right_password_waits(rates, client, user):
     rates(auth_token="3/min")
     guesses = [

@@ -53,7 +53,7 @@ def with_line(**line) -> dict:
     return payload
 
 
-# --- quantity: a JSON integer from 1 to 1,000 ------------------------------------------------------
+# --- quantity: a JSON integer from 1 to 1,000 -----------------------------------------------------
 @pytest.mark.parametrize(
     "quantity", [0, -1, 1001, 10**30, "2", 2.5, 2.0, True, None, [], {}, "1e2"]
 )
@@ -78,7 +78,7 @@ def test_quantities_1_and_1000_are_accepted(
     assert Order.objects.get().lines.get().quantity == quantity
 
 
-# --- lines: 1 to 100, known active SKUs, each once --------------------------------------------------
+# --- lines: 1 to 100, known active SKUs, each once ------------------------------------------------
 def test_no_lines_is_refused(refused):
     payload = order_payload()
     assert payload["lines"] == []
@@ -127,7 +127,7 @@ def test_the_same_sku_twice_is_refused_not_merged(refused):
     assert "more than once" in error["fields"]["lines"]["1"]["sku"][0]
 
 
-# --- the shipping address ---------------------------------------------------------------------------
+# --- the shipping address -------------------------------------------------------------------------
 ADDRESS_FIELDS = ["name", "line1", "city", "postal_code", "country"]
 
 
@@ -177,7 +177,7 @@ def test_an_overlong_address_field_is_refused(refused):
     assert "line1" in refused(payload)["fields"]["shipping_address"]
 
 
-# --- payment_token ------------------------------------------------------------------------------------
+# --- payment_token --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "payment_token",
     [
@@ -204,7 +204,7 @@ def test_a_missing_payment_token_is_refused(refused):
     assert "payment_token" in refused(payload)["fields"]
 
 
-# --- the body as a whole --------------------------------------------------------------------------------
+# --- the body as a whole --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "body", [b"{", b'{"lines": [}', b"\xff\xfe", b"NaN", b'{"a": Infinity}', b"{}{}"]
 )
@@ -299,7 +299,7 @@ def test_a_logged_in_browser_cannot_be_made_to_order(catalogue):
     assert db_state() == before
 
 
-# --- prices come from the database ----------------------------------------------------------------------
+# --- prices come from the database ----------------------------------------------------------------
 def test_a_client_sent_price_total_status_or_owner_is_ignored(
     api, user, catalogue, django_capture_on_commit_callbacks
 ):
@@ -342,7 +342,7 @@ def test_errors_mirror_the_request_structure(refused):
     assert set(fields["shipping_address"]) == {"country"}
 
 
-# --- query parameters ----------------------------------------------------------------------------------
+# --- query parameters -----------------------------------------------------------------------------
 @pytest.mark.parametrize("page", ["", "last", "0", "-1", "1.0", " 1", "\u0661", "abc", "99"])
 def test_a_page_that_is_not_an_existing_positive_integer_is_a_404(api, catalogue, page):
     for url in ("/api/products/", URL):

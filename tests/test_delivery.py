@@ -11,34 +11,17 @@ from celery import chain
 
 from orders.models import LineReservation, Order, OrderStatus, Payment, Product, Shipment
 from orders.services import order_create
-from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
-from tests.procs import (
-    api_session,
-    ledger,
-    stack_factory,  # noqa: F401 (the fixture)
-    timing_errors_under,
-    wait_for,
-    wait_for_orders,
-)
+from tests.factories import ProductFactory, UserFactory, order_payload
+from tests.helpers import gateway_ledger, place_as_new_customer, timeline, wait_for, wait_for_orders
+from tests.procs import timing_errors_under
 
 pytestmark = pytest.mark.slow
 
 CHARGES = "/sandbox/payments/charges/"
 
 
-def timeline(order) -> list[tuple[str, str]]:
-    return list(order.events.order_by("at", "id").values_list("step", "outcome"))
-
-
-def place(stack, payload) -> str:
-    api = api_session(TokenFactory(user=UserFactory()).key)
-    response = api.post(f"{stack.web_url}/api/orders/", json=payload, timeout=15)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
 def assert_charged_once(stack, order) -> None:
-    charges = ledger(stack, order.id)
+    charges = gateway_ledger(stack.web_url, order.id)
     assert [(c["status"], c["refunded"]) for c in charges] == [("captured", False)], charges
     assert order.payment.status == "captured"
     assert timeline(order).count(("charge_payment", "succeeded")) == 1
@@ -67,7 +50,7 @@ def test_a_pool_process_killed_mid_charge_is_redelivered_and_charges_once(stack_
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     stack = stack_factory(env=SLOW_GATEWAY, workers=1, concurrency=2)
     [worker] = stack.workers
-    order_id = place(stack, order_payload(("MUG-001", 1)))
+    order_id = place_as_new_customer(stack.web_url, order_payload(("MUG-001", 1)))
 
     def charging_pid():
         for task in stack.active_tasks(worker):
@@ -148,7 +131,9 @@ def test_two_workers_racing_for_one_step_charge_once(stack_factory, monkeypatch)
 def test_a_charge_whose_answer_times_out_is_replayed_not_repeated(stack_factory):
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     stack = stack_factory(env={"PROVIDER_TIMEOUT_SECONDS": "1.5"}, workers=1)
-    order_id = place(stack, order_payload(("MUG-001", 1), token="tok_timeout_after_success"))
+    order_id = place_as_new_customer(
+        stack.web_url, order_payload(("MUG-001", 1), token="tok_timeout_after_success")
+    )
 
     [order] = wait_for_orders([order_id], timeout=60)
 
@@ -173,7 +158,7 @@ def test_a_busy_worker_survives_a_redis_restart(stack_factory):
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     stack = stack_factory(env=SLOW_GATEWAY, workers=1)
     [worker] = stack.workers
-    place(stack, order_payload(("MUG-001", 1)))
+    place_as_new_customer(stack.web_url, order_payload(("MUG-001", 1)))
     wait_for(
         lambda: any(t["name"] == "orders.charge_payment" for t in stack.active_tasks(worker)),
         timeout=30,
@@ -195,7 +180,7 @@ def test_a_step_done_while_the_broker_is_down_is_not_undone(stack_factory):
     env = {**SLOW_GATEWAY, "ORDER_STALL_SECONDS": "12", "ORDER_SWEEP_INTERVAL_SECONDS": "1"}
     stack = stack_factory(env=env, workers=1, beat=True)
     [worker] = stack.workers
-    order_id = place(stack, order_payload(("MUG-001", 1)))
+    order_id = place_as_new_customer(stack.web_url, order_payload(("MUG-001", 1)))
     wait_for(
         lambda: any(t["name"] == "orders.create_shipment" for t in stack.active_tasks(worker)),
         timeout=30,

@@ -8,12 +8,12 @@ import requests
 
 from orders.models import Product
 from tests.factories import ProductFactory, UserFactory, order_payload
-from tests.procs import api_session, ledger, stack_factory, wait_for  # noqa: F401 (fixture)
+from tests.helpers import api_session, gateway_ledger, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def test_an_order_placed_over_http_is_completed_by_a_worker_process(stack_factory):  # noqa: F811
+def test_an_order_placed_over_http_is_completed_by_a_worker_process(stack_factory):
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     UserFactory(username="ada", email="ada@example.com", password="secret-pass-123")
     stack = stack_factory(workers=1)
@@ -52,7 +52,9 @@ def test_an_order_placed_over_http_is_completed_by_a_worker_process(stack_factor
     assert body["payment"] == {"status": "captured", "amount": "25.00", "currency": "EUR"}
     assert body["shipment"]["carrier"] == "sandbox-post"
     assert Product.objects.get(sku="MUG-001").stock == 8
-    assert [(c["status"], c["refunded"]) for c in ledger(stack, order_id)] == [("captured", False)]
+    assert [(c["status"], c["refunded"]) for c in gateway_ledger(stack.web_url, order_id)] == [
+        ("captured", False)
+    ]
 
     time.sleep(1)  # a duplicate would arrive right behind the first message
     [message] = stack.smtp.messages

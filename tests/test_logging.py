@@ -5,8 +5,9 @@ order's id and, in workers, the task's id and name (JSON lines, LOG_FORMAT=json)
 import json
 
 import pytest
+
 from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
-from tests.procs import api_session, stack_factory, wait_for_orders  # noqa: F401 (fixture)
+from tests.helpers import api_session, wait_for_orders
 
 
 def _json_lines(text: str) -> list[dict]:

@@ -183,7 +183,7 @@ def test_the_admin_and_the_api_need_credentials_in_production(production):
     assert production["orders_without_token"] == 401
 
 
-# --- Flower ---------------------------------------------------------------------------------------------
+# --- Flower ---------------------------------------------------------------------------------------
 @pytest.fixture
 def flower(tmp_path):
     """Start Flower against the test Redis with the given credentials; always stop it."""

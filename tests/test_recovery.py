@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from orders import recovery, services, tasks
 from orders.models import LineReservation, Order, OrderEvent, OrderStatus, Product
-from tests.conftest import wait_for_order
 from tests.factories import ProductFactory, UserFactory
+from tests.helpers import wait_for_order
 
 
 @pytest.fixture

@@ -3,30 +3,18 @@ gateway that times out after it charged. Real worker, sandbox over HTTP."""
 
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from django.core import mail
 
 from orders import workflow
-from orders.models import Order, OrderEvent, Product, Shipment
-from tests.conftest import wait_for_order
+from orders.models import Product, Shipment
 from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
-
-
-def place(session, payload, **headers):
-    return session.post(
-        f"{session.base_url}/api/orders/", json=payload, headers=headers, timeout=15
-    )
-
-
-@pytest.fixture
-def mug(transactional_db):
-    return ProductFactory(sku="MUG-001", price="12.50", stock=10)
+from tests.helpers import place, timeline, wait_for, wait_for_order
 
 
 def test_gateway_timeout_after_success_charges_once(live_api, mug, ledger):
-    response = place(live_api, order_payload(("MUG-001", 1), token="tok_timeout_after_success"))
+    created = place(live_api, order_payload(("MUG-001", 1), token="tok_timeout_after_success"))
 
-    order = wait_for_order(response.json()["id"], timeout=60)
+    order = wait_for_order(created["id"], timeout=60)
 
     assert order.status == "completed"
     charges = ledger(order.id)
@@ -36,7 +24,7 @@ def test_gateway_timeout_after_success_charges_once(live_api, mug, ledger):
 
 
 def test_every_step_run_again_changes_nothing(live_api, mug, ledger):
-    order = wait_for_order(place(live_api, order_payload(("MUG-001", 3))).json()["id"])
+    order = wait_for_order(place(live_api, order_payload(("MUG-001", 3)))["id"])
     assert order.status == "completed"
     events_before = order.events.count()
 
@@ -45,7 +33,11 @@ def test_every_step_run_again_changes_nothing(live_api, mug, ledger):
     line_ids = list(order.lines.values_list("id", flat=True))
     workflow.build(order_id=order.id, line_ids=line_ids).apply_async()
     workflow.compensation(order_id=order.id).delay()
-    _wait_for_events(order, events_before + 4)  # reserve, charge, ship, email: each skipped
+    wait_for(
+        lambda: order.events.count() >= events_before + 4,
+        timeout=20,
+        what=lambda: timeline(order),
+    )  # reserve, charge, ship, email: each skipped
 
     order.refresh_from_db()
     assert order.status == "completed"
@@ -55,15 +47,6 @@ def test_every_step_run_again_changes_nothing(live_api, mug, ledger):
     assert len(mail.outbox) == 1
     new = set(order.events.order_by("at", "id")[events_before:].values_list("outcome", flat=True))
     assert new == {"skipped"}
-
-
-def _wait_for_events(order, count, timeout=20.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while OrderEvent.objects.filter(order=order).count() < count:
-        assert time.monotonic() < deadline, list(order.events.values_list("step", "outcome"))
-        time.sleep(0.1)
 
 
 def test_ten_orders_race_for_the_last_unit_and_one_wins(pipeline, transactional_db):
@@ -95,8 +78,8 @@ def test_ten_orders_race_for_the_last_unit_and_one_wins(pipeline, transactional_
 
 def test_cancel_while_the_charge_is_in_flight_refunds_it(live_api, mug, ledger, settings):
     settings.SANDBOX_LATENCY_MS = 1500  # the gateway answers slowly: cancel lands mid-charge
-    created = place(live_api, order_payload(("MUG-001", 2))).json()
-    _wait_for_status(created["id"], "paying")
+    created = place(live_api, order_payload(("MUG-001", 2)))
+    wait_for_order(created["id"], statuses=["paying"], timeout=20)
 
     response = live_api.post(f"{live_api.base_url}/api/orders/{created['id']}/cancel/", timeout=10)
 
@@ -112,7 +95,7 @@ def test_cancel_while_the_charge_is_in_flight_refunds_it(live_api, mug, ledger, 
 
 
 def test_cancel_after_shipment_is_a_conflict(live_api, mug):
-    order = wait_for_order(place(live_api, order_payload(("MUG-001", 1))).json()["id"])
+    order = wait_for_order(place(live_api, order_payload(("MUG-001", 1)))["id"])
 
     response = live_api.post(f"{live_api.base_url}/api/orders/{order.id}/cancel/", timeout=10)
 
@@ -121,12 +104,3 @@ def test_cancel_after_shipment_is_a_conflict(live_api, mug):
     order.refresh_from_db()
     assert order.status == "completed"
     assert Product.objects.get(sku="MUG-001").stock == 9
-
-
-def _wait_for_status(order_id, status, timeout=20.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while Order.objects.get(pk=order_id).status != status:
-        assert time.monotonic() < deadline, Order.objects.get(pk=order_id).status
-        time.sleep(0.02)

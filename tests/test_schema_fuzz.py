@@ -24,7 +24,7 @@ OPERATIONS = {
 }
 
 
-# --- The schema ----------------------------------------------------------------------------------------
+# --- The schema -----------------------------------------------------------------------------------
 @pytest.fixture
 def schema(client, db) -> dict:
     response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
@@ -122,7 +122,7 @@ def test_the_docs_page_is_served(client, db):
     assert page.status_code == 200 and b"swagger-ui" in page.content
 
 
-# --- Fuzzing ---------------------------------------------------------------------------------------------
+# --- Fuzzing --------------------------------------------------------------------------------------
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
 SEED = int(os.environ.get("FUZZ_SEED", "20260"))  # fixed, so CI is repeatable; vary it to explore
 

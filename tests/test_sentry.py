@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.procs import stack_factory, wait_for  # noqa: F401  (a fixture)
+from tests.helpers import wait_for
 from tests.services import free_port
 
 
@@ -39,7 +39,7 @@ def sentry_server():
 
 
 @pytest.mark.slow
-def test_a_failing_task_is_reported_to_sentry(stack_factory, sentry_server):  # noqa: F811
+def test_a_failing_task_is_reported_to_sentry(stack_factory, sentry_server):
     dsn = f"http://public@127.0.0.1:{sentry_server.server_address[1]}/1"
     stack = stack_factory(env={"SENTRY_DSN": dsn, "SENTRY_ENVIRONMENT": "test"}, workers=1)
 

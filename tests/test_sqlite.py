@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from tests.factories import order_payload
-from tests.procs import ROOT, api_session, stack_factory, wait_for  # noqa: F401  (a fixture)
+from tests.helpers import api_session, wait_for
+from tests.procs import ROOT
 
 ORDERS = 40
 

@@ -3,26 +3,9 @@
 import pytest
 from django.core import mail
 
-from orders.models import Order, Product
-from tests.conftest import wait_for_order
+from orders.models import Product
 from tests.factories import ProductFactory, order_payload
-
-
-def place(live_api, payload, **headers) -> dict:
-    response = live_api.post(
-        f"{live_api.base_url}/api/orders/", json=payload, headers=headers, timeout=10
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def timeline(order: Order) -> list[tuple[str, str]]:
-    return list(order.events.order_by("at", "id").values_list("step", "outcome"))
-
-
-@pytest.fixture
-def mug(transactional_db):
-    return ProductFactory(sku="MUG-001", price="12.50", stock=10)
+from tests.helpers import place, timeline, wait_for_order
 
 
 @pytest.fixture

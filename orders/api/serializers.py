@@ -26,7 +26,7 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
-# --- Input -----------------------------------------------------------------------------------------
+# --- Input ----------------------------------------------------------------------------------------
 class LineInputSerializer(serializers.Serializer):
     sku = StrictCharField(max_length=64)
     quantity = StrictIntegerField(min_value=1, max_value=MAX_QUANTITY)
@@ -84,7 +84,7 @@ class TokenInputSerializer(serializers.Serializer):
     password = StrictCharField(max_length=128, trim_whitespace=False)
 
 
-# --- Output ----------------------------------------------------------------------------------------
+# --- Output ---------------------------------------------------------------------------------------
 class ProductOutputSerializer(serializers.ModelSerializer):
     stock_available = serializers.IntegerField(source="stock")
 

@@ -1,0 +1,144 @@
+"""Helpers shared by the test modules, each in one place: waiting for a condition or for
+orders to end, placing an order over HTTP, reading an order's timeline and the sandbox
+providers' ledgers as their clients would."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import requests
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = "condition"
+) -> Any:
+    """Poll `predicate` until it returns something truthy (returned), at most `timeout` seconds.
+    `what` may be a callable, evaluated only on timeout (e.g. to show a timeline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            description = what() if callable(what) else what
+            raise TimeoutError(f"timed out after {timeout}s waiting for {description}")
+        time.sleep(interval)
+
+
+def _done(order: Any, statuses: Iterable[str], compensated: bool) -> bool:
+    if order.status not in statuses:
+        return False
+    return not (
+        compensated and order.status in ("failed", "cancelled") and not order.compensated_at
+    )
+
+
+def _story(order: Any) -> str:
+    events = list(order.events.values_list("step", "outcome", "detail"))
+    return f"{order.id} {order.status} compensated_at={order.compensated_at}: {events}"
+
+
+def wait_for_orders(
+    order_ids: Iterable[Any],
+    *,
+    timeout: float,
+    interval: float = 0.5,
+    statuses: Iterable[str] = TERMINAL,
+    compensated: bool = True,
+) -> list[Any]:
+    """Wait until every order is in one of `statuses` (terminal by default) and, if failed or
+    cancelled, compensated. Returns the orders; raises with the stragglers' timelines."""
+    from orders.models import Order
+
+    ids = [str(i) for i in order_ids]
+    statuses = tuple(statuses)
+
+    def all_done() -> list[Any] | None:
+        orders = list(Order.objects.filter(pk__in=ids))
+        if len(orders) == len(ids) and all(_done(o, statuses, compensated) for o in orders):
+            return orders
+        return None
+
+    def stragglers() -> str:
+        waiting = [
+            o for o in Order.objects.filter(pk__in=ids) if not _done(o, statuses, compensated)
+        ]
+        lines = [f"{len(waiting)} of {len(ids)} orders to end"]
+        lines += [f"  {_story(o)}" for o in waiting[:5]]
+        return "\n".join(lines)
+
+    try:
+        return wait_for(all_done, timeout=timeout, interval=interval, what=stragglers)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
+
+
+def wait_for_order(
+    order_id: Any,
+    *,
+    statuses: Iterable[str] = TERMINAL,
+    timeout: float = 30.0,
+    compensated: bool = True,
+) -> Any:
+    """One order: poll until it reaches one of `statuses` (compensated if it ended failed or
+    cancelled). Returns the order."""
+    [order] = wait_for_orders(
+        [order_id], timeout=timeout, interval=0.1, statuses=statuses, compensated=compensated
+    )
+    return order
+
+
+def timeline(order: Any) -> list[tuple[str, str]]:
+    return list(order.events.order_by("at", "id").values_list("step", "outcome"))
+
+
+def reason_codes(order: Any) -> list[str]:
+    return list(order.events.order_by("at", "id").values_list("reason_code", flat=True))
+
+
+def api_session(token: str, base_url: str = "") -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {token}"
+    session.base_url = base_url  # type: ignore[attr-defined]
+    return session
+
+
+def place(session: requests.Session, payload: dict, **headers: str) -> dict:
+    """POST the order with an authenticated session (its `base_url`); asserts 201."""
+    response = session.post(
+        f"{session.base_url}/api/orders/",  # type: ignore[attr-defined]
+        json=payload,
+        headers=headers,
+        timeout=15,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def place_as_new_customer(base_url: str, payload: dict) -> str:
+    """Place an order as a customer of its own (so no throttle is shared); returns its id."""
+    from tests.factories import TokenFactory, UserFactory
+
+    session = api_session(TokenFactory(user=UserFactory()).key, base_url)
+    return place(session, payload)["id"]
+
+
+def _sandbox_list(base_url: str, path: str, order_id: Any = None) -> list[dict]:
+    params = {"order": str(order_id)} if order_id else {}
+    response = requests.get(f"{base_url}/sandbox/{path}", params=params, timeout=30)
+    response.raise_for_status()
+    return response.json()["results"]
+
+
+def gateway_ledger(base_url: str, order_id: Any = None) -> list[dict]:
+    """The sandbox gateway's charges (of one order, or all), read over HTTP."""
+    return _sandbox_list(base_url, "payments/charges/", order_id)
+
+
+def carrier_ledger(base_url: str, order_id: Any = None) -> list[dict]:
+    """The sandbox carrier's shipments (of one order, or all), read over HTTP."""
+    return _sandbox_list(base_url, "shipping/shipments/", order_id)
