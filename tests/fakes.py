@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import ClassVar
@@ -70,6 +71,9 @@ class _Scripted:
 
 class FakeGateway(_Scripted):
     _book = _Book()
+    # Called inside the next charge, before the gateway answers: what happens meanwhile (a
+    # cancel, a compensation) while the charge is in flight.
+    during_charge: ClassVar[Callable[[], None] | None] = None
     charges: ClassVar[dict[str, _Charge]] = {}  # by idempotency key
     refunds: ClassVar[dict[str, RefundResult]] = {}  # by idempotency key
 
@@ -78,6 +82,7 @@ class FakeGateway(_Scripted):
         cls._book = _Book()
         cls.charges.clear()
         cls.refunds.clear()
+        cls.during_charge = None
 
     def charge(
         self, *, order_id: str, amount: Decimal, currency: str, token: str, idempotency_key: str
@@ -88,6 +93,9 @@ class FakeGateway(_Scripted):
             raise TransientError("charge: timed out (fake)")
         if word == "reject":
             raise PermanentError("charge: rejected (fake)", code="invalid_request")
+        if (meanwhile := type(self).during_charge) is not None:
+            type(self).during_charge = None
+            meanwhile()
         existing = self.charges.get(idempotency_key)
         if existing is None:
             status = "declined" if word == "decline" else "captured"

@@ -351,3 +351,17 @@ def test_a_page_that_is_not_an_existing_positive_integer_is_a_404(api, catalogue
 
 def test_page_1_and_no_page_are_the_first_page(api, catalogue):
     assert api.get("/api/products/", {"page": "1"}).json() == api.get("/api/products/").json()
+
+
+def test_an_order_in_two_currencies_is_refused_and_nothing_is_written(api, db):
+    ProductFactory(sku="MUG-EUR", currency="EUR")
+    ProductFactory(sku="MUG-USD", currency="USD")
+    before = Order.objects.count()
+
+    response = api.post(
+        "/api/orders/", order_payload(("MUG-EUR", 1), ("MUG-USD", 1)), format="json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["fields"] == {"lines": ["Mixed currencies: EUR, USD."]}
+    assert Order.objects.count() == before

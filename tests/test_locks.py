@@ -1,0 +1,118 @@
+"""The unique-step lock, against the real Redis: a busy step backs off (never past the
+lock's expiry) instead of running twice, an expired lock is never released by its former
+holder, and a Redis that cannot be reached makes the step retry, never run unlocked.
+
+The task under test lives on a Celery app of its own with an in-memory broker: a retry is
+published there (and dropped), so no worker of the suite ever runs it."""
+
+import time
+import uuid
+
+import pytest
+from celery import Celery
+from celery.exceptions import Retry
+from redis.exceptions import LockError
+
+from orders import locks
+from orders.locks import StepBusy, UniqueStepTask, lock_key, step_lock
+
+app = Celery("lock-tests", broker="memory://", set_as_current=False)
+ran: list[str] = []
+
+
+@app.task(bind=True, base=UniqueStepTask, lock_step="charge_payment", max_retries=4, name="t.step")
+def step(self, *, order_id: str) -> str:
+    ran.append(order_id)
+    return "done"
+
+
+@pytest.fixture
+def order_id():
+    ran.clear()
+    return str(uuid.uuid4())
+
+
+def _run(order_id: str, retries: int = 0):
+    # As the worker does: a request that did not come from a direct call.
+    step.push_request(
+        id=f"task-{uuid.uuid4()}",
+        args=[],
+        kwargs={"order_id": order_id},
+        retries=retries,
+        is_eager=False,
+        called_directly=False,
+    )
+    try:
+        return step(order_id=order_id)
+    finally:
+        step.pop_request()
+
+
+def test_the_lock_key_names_the_step_the_order_and_the_line():
+    order = uuid.UUID(int=1)
+    assert lock_key(step="charge_payment", order_id=order) == f"lock:charge_payment:{order}"
+    assert lock_key(step="reserve_stock", order_id=order, line_id=7).endswith(f"{order}:7")
+
+
+def test_a_free_step_runs_and_frees_its_lock(order_id):
+    assert _run(order_id) == "done"
+
+    assert ran == [order_id]
+    assert step_lock(lock_key(step="charge_payment", order_id=uuid.UUID(order_id))).acquire()
+
+
+def test_a_busy_step_retries_after_a_backoff_capped_at_the_locks_expiry(order_id):
+    held = step_lock(lock_key(step="charge_payment", order_id=uuid.UUID(order_id)))
+    assert held.acquire()
+
+    with pytest.raises(Retry) as first:
+        _run(order_id, retries=0)
+    locks.redis_client().pexpire(held.name, 2000)  # the holder's lock frees itself in 2 s
+    with pytest.raises(Retry) as late:
+        _run(order_id, retries=3)  # 2**3 = 8 s of backoff, but the lock is free sooner
+
+    assert ran == []  # never ran beside the holder
+    assert isinstance(first.value.exc, StepBusy)
+    assert 1 <= first.value.when <= 1.5  # 2**0 s plus jitter
+    assert 1 <= late.value.when <= 2.5  # capped at the lock's expiry, plus jitter
+    held.release()
+
+
+def test_a_busy_step_out_of_retries_is_dropped_not_run(order_id):
+    held = step_lock(lock_key(step="charge_payment", order_id=uuid.UUID(order_id)))
+    assert held.acquire()
+
+    assert _run(order_id, retries=4) is None
+
+    assert ran == []
+    held.release()
+
+
+def test_an_expired_lock_is_not_released_by_its_former_holder(order_id, settings):
+    settings.TASK_LOCK_TIMEOUT = 1
+    name = lock_key(step="charge_payment", order_id=uuid.UUID(order_id))
+    first = step_lock(name)
+    assert first.acquire()
+    locks.redis_client().pexpire(name, 1)  # the holder stalled past the expiry
+    time.sleep(0.05)
+    second = step_lock(name)
+    assert second.acquire()  # another copy took the step over
+
+    with pytest.raises(LockError):
+        first.release()
+
+    assert locks.redis_client().get(name) == second.local.token
+    second.release()
+
+
+def test_without_redis_the_step_retries_and_never_runs_unlocked(order_id, settings):
+    settings.LOCK_REDIS_URL = "redis://127.0.0.1:9/0"  # the discard port: refused
+    locks.redis_client.cache_clear()
+    try:
+        with pytest.raises(Retry) as caught:
+            _run(order_id)
+    finally:
+        locks.redis_client.cache_clear()
+
+    assert ran == []
+    assert "Connection" in type(caught.value.exc).__name__

@@ -1,0 +1,314 @@
+"""The steps, called directly with the unit layer's doubles (tests.fakes) named in
+PAYMENT_GATEWAY and SHIPPING_CARRIER: each step run again after each kind of partial
+failure ends in the same state as one clean run, and nothing is charged, shipped, reserved
+or emailed twice. Real PostgreSQL; no worker: what the steps send next is captured."""
+
+from decimal import Decimal
+
+import pytest
+from django.core import mail
+
+from integrations.errors import TransientError
+from orders import services, steps, workflow
+from orders.models import (
+    LineReservation,
+    Order,
+    OrderStatus,
+    Payment,
+    PaymentStatus,
+    Product,
+    Shipment,
+)
+from orders.state import SYSTEM
+from tests.factories import OrderFactory, OrderLineFactory, ProductFactory
+from tests.fakes import FakeCarrier, FakeGateway
+from tests.helpers import reason_codes
+
+
+@pytest.fixture(autouse=True)
+def fakes(settings):
+    settings.PAYMENT_GATEWAY = "tests.fakes.FakeGateway"
+    settings.SHIPPING_CARRIER = "tests.fakes.FakeCarrier"
+    FakeGateway.reset()
+    FakeCarrier.reset()
+    yield
+    FakeGateway.reset()
+    FakeCarrier.reset()
+
+
+def _order(status=OrderStatus.PENDING, lines=((3, 10),)) -> Order:
+    order = OrderFactory(status=status, total=Decimal("30.00"))
+    for quantity, stock in lines:
+        OrderLineFactory(order=order, product=ProductFactory(stock=stock), quantity=quantity)
+    return order
+
+
+def _reserve_all(order: Order) -> None:
+    for line in order.lines.all():
+        steps.reserve_line(order_id=order.id, line_id=line.id, attempt=1)
+
+
+def _status(order: Order) -> str:
+    return Order.objects.values_list("status", flat=True).get(pk=order.pk)
+
+
+def _stock(order: Order) -> list[int]:
+    return [line.product.stock for line in order.lines.select_related("product").order_by("id")]
+
+
+# --- Reserve ----------------------------------------------------------------------------------
+def test_reserving_twice_takes_the_units_once(db):
+    order = _order(lines=((3, 10), (1, 5)))
+
+    _reserve_all(order)
+    _reserve_all(order)
+
+    assert _status(order) == "paying"
+    assert _stock(order) == [7, 4]
+    assert reason_codes(order) == ["reserved", "reserved", "not_due", "not_due"]
+
+
+def test_an_out_of_stock_line_fails_the_order_and_releases_the_others(
+    db, django_capture_on_commit_callbacks
+):
+    order = _order(lines=((3, 10), (9, 5)))
+
+    with django_capture_on_commit_callbacks() as sent:
+        _reserve_all(order)
+        _reserve_all(order)  # run again: nothing to do any more
+
+    order.refresh_from_db()
+    assert order.status == "failed" and "out of stock" in order.failure_reason
+    assert _stock(order) == [10, 5]
+    states = set(order.lines.values_list("reservation", flat=True))
+    assert states == {LineReservation.RELEASED, LineReservation.OUT_OF_STOCK}
+    assert len(sent) == 1  # the compensation, once
+
+
+# --- Charge -----------------------------------------------------------------------------------
+@pytest.fixture
+def paying(db):
+    order = _order()
+    _reserve_all(order)
+    assert _status(order) == "paying"
+    return order
+
+
+def test_a_charge_run_again_charges_once(paying):
+    steps.charge_payment(order_id=paying.id, attempt=1)
+    steps.charge_payment(order_id=paying.id, attempt=2)
+
+    assert _status(paying) == "shipping"
+    assert len(FakeGateway.ledger(paying.id)) == 1
+    assert FakeGateway.calls() == ["charge"]  # the second run saw the order had moved on
+
+
+@pytest.mark.parametrize("failure", ["timeout", "timeout_after_success"])
+def test_a_charge_whose_answer_was_lost_is_replayed_not_repeated(paying, failure):
+    FakeGateway.script(failure)
+
+    with pytest.raises(TransientError):
+        steps.charge_payment(order_id=paying.id, attempt=1)
+    assert Payment.objects.get(order=paying).status == PaymentStatus.PENDING  # known to be in doubt
+    steps.charge_payment(order_id=paying.id, attempt=2)
+
+    assert _status(paying) == "shipping"
+    [charge] = FakeGateway.ledger(paying.id)
+    assert Payment.objects.get(order=paying).charge_id == charge.charge_id
+
+
+def test_a_run_that_died_after_recording_the_capture_moves_on_without_charging(paying):
+    Payment.objects.create(
+        order=paying,
+        amount=paying.total,
+        currency="EUR",
+        idempotency_key=f"order-{paying.id}-charge",
+        status=PaymentStatus.CAPTURED,
+        charge_id="ch_earlier",
+    )
+
+    steps.charge_payment(order_id=paying.id, attempt=2)
+
+    assert _status(paying) == "shipping"
+    assert FakeGateway.calls() == []
+
+
+def test_a_decline_fails_the_order_and_releases_the_stock(paying):
+    FakeGateway.script("decline")
+
+    steps.charge_payment(order_id=paying.id, attempt=1)
+    steps.charge_payment(order_id=paying.id, attempt=2)
+
+    assert _status(paying) == "failed"
+    assert Payment.objects.get(order=paying).status == PaymentStatus.DECLINED
+    assert _stock(paying) == [10]
+    assert "payment_declined" in reason_codes(paying)
+
+
+def test_a_capture_that_lands_after_the_cancel_and_its_compensation_is_refunded(paying):
+    def cancel_and_compensate_meanwhile() -> None:
+        services.order_cancel(order_id=paying.id, actor=SYSTEM)
+        steps.compensate(order_id=paying.id, attempt=1)  # finds nothing captured yet
+
+    FakeGateway.during_charge = cancel_and_compensate_meanwhile
+
+    steps.charge_payment(order_id=paying.id, attempt=1)
+
+    order = Order.objects.get(pk=paying.pk)
+    assert order.status == "cancelled" and order.compensated_at is None  # opened again
+    assert "captured_after_end" in reason_codes(order)
+    steps.compensate(order_id=order.id, attempt=1)
+    [charge] = FakeGateway.ledger(order.id)
+    assert charge.refunded
+    assert Payment.objects.get(order=order).status == PaymentStatus.REFUNDED
+    assert _stock(order) == [10]
+
+
+# --- Shipment ---------------------------------------------------------------------------------
+@pytest.fixture
+def shipping(paying):
+    steps.charge_payment(order_id=paying.id, attempt=1)
+    assert _status(paying) == "shipping"
+    return paying
+
+
+@pytest.mark.parametrize("failure", [None, "timeout", "timeout_after_success"])
+def test_a_shipment_run_again_ships_once(shipping, failure):
+    if failure:
+        FakeCarrier.script(failure)
+        with pytest.raises(TransientError):
+            steps.create_shipment(order_id=shipping.id, attempt=1)
+    steps.create_shipment(order_id=shipping.id, attempt=2)
+    steps.create_shipment(order_id=shipping.id, attempt=3)
+
+    assert _status(shipping) == "confirming"
+    assert len(FakeCarrier.ledger(shipping.id)) == 1
+    assert Shipment.objects.filter(order=shipping).count() == 1
+
+
+def test_giving_up_after_a_lost_answer_finds_the_shipment_in_the_ledger(
+    shipping, django_capture_on_commit_callbacks
+):
+    FakeCarrier.script("timeout_after_success")
+    with pytest.raises(TransientError):
+        steps.create_shipment(order_id=shipping.id, attempt=1)
+
+    with django_capture_on_commit_callbacks() as sent:
+        verdict = steps.shipment_fail(
+            order_id=shipping.id, reason="gave up", reason_code="gave_up", attempt=9
+        )
+
+    assert verdict == steps.ShipmentVerdict.SHIPPED
+    assert _status(shipping) == "confirming"
+    assert (
+        Shipment.objects.get(order=shipping).tracking_number
+        == FakeCarrier.ledger(shipping.id)[0].tracking_number
+    )
+    assert len(sent) == 1  # the confirmation, since no chain follows a task that gave up
+
+
+def test_a_rejected_shipment_with_an_empty_ledger_fails_and_refunds(shipping):
+    FakeCarrier.script("reject")
+
+    steps.create_shipment(order_id=shipping.id, attempt=1)
+
+    order = Order.objects.get(pk=shipping.pk)
+    assert order.status == "failed" and "rejected" in order.failure_reason
+    steps.compensate(order_id=order.id, attempt=1)
+    steps.compensate(order_id=order.id, attempt=2)
+    [charge] = FakeGateway.ledger(order.id)
+    assert charge.refunded and len(FakeGateway.refunds) == 1
+    assert Payment.objects.get(order=order).status == PaymentStatus.REFUNDED
+
+
+def test_a_shipping_order_is_not_failed_while_the_carrier_cannot_be_asked(shipping):
+    FakeCarrier.script("unreachable")
+
+    verdict = steps.shipment_fail(order_id=shipping.id, reason="deadline", reason_code="deadline")
+
+    assert verdict == steps.ShipmentVerdict.UNKNOWN
+    assert _status(shipping) == "shipping"
+    assert "carrier_unknown" in reason_codes(shipping)
+    # And the services refuse to fail a shipping order without the ledger's answer.
+    assert services.order_fail(order_id=shipping.id, reason="x") is False
+
+
+# --- Confirmation -----------------------------------------------------------------------------
+@pytest.fixture
+def confirming(shipping):
+    steps.create_shipment(order_id=shipping.id, attempt=1)
+    assert _status(shipping) == "confirming"
+    return shipping
+
+
+def test_the_confirmation_run_again_sends_one_email(confirming):
+    steps.send_confirmation(order_id=confirming.id, attempt=1)
+    steps.send_confirmation(order_id=confirming.id, attempt=2)
+
+    assert _status(confirming) == "completed"
+    assert [m.subject for m in mail.outbox] == [f"Your order {confirming.id} is confirmed"]
+
+
+def test_an_email_that_cannot_be_sent_keeps_the_order_confirming_until_the_deadline(
+    confirming, settings
+):
+    steps.confirmation_give_up(order_id=confirming.id, attempt=9, reason="SMTP down")
+    assert _status(confirming) == "confirming"
+    assert reason_codes(confirming)[-1] == "email_waiting"
+
+    settings.ORDER_EMAIL_DEADLINE_SECONDS = -1  # the deadline has passed
+    steps.confirmation_give_up(order_id=confirming.id, attempt=10, reason="SMTP down")
+
+    assert _status(confirming) == "completed"
+    assert reason_codes(confirming)[-1] == "completed_without_email"
+
+
+# --- Compensation -----------------------------------------------------------------------------
+def test_a_refund_whose_answer_was_lost_is_not_repeated(shipping):
+    steps.shipment_fail(order_id=shipping.id, reason="test", reason_code="test")
+    FakeGateway.script("timeout_after_success")
+
+    with pytest.raises(TransientError):
+        steps.compensate(order_id=shipping.id, attempt=1)
+    steps.compensate(order_id=shipping.id, attempt=2)
+
+    [charge] = FakeGateway.ledger(shipping.id)
+    assert charge.refunded and len(FakeGateway.refunds) == 1
+    assert Order.objects.get(pk=shipping.pk).compensated_at is not None
+    assert [m.subject for m in mail.outbox] == [f"We could not complete your order {shipping.id}"]
+
+
+# --- Resuming -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("status", "names"),
+    [
+        (OrderStatus.SHIPPING, ["orders.create_shipment", "orders.send_confirmation_email"]),
+        (OrderStatus.CONFIRMING, ["orders.send_confirmation_email"]),
+        (
+            OrderStatus.PAYING,
+            ["orders.charge_payment", "orders.create_shipment", "orders.send_confirmation_email"],
+        ),
+    ],
+)
+def test_resuming_sends_the_steps_left_from_the_status_reached(db, status, names):
+    canvas = workflow.build(order_id=OrderFactory().id, line_ids=[1], from_status=status)
+
+    tasks = getattr(canvas, "tasks", [canvas])
+    assert [t.task for t in tasks] == names
+
+
+def test_resuming_an_ended_order_compensates_it(db):
+    assert workflow.compensation(order_id=OrderFactory().id).task == "orders.compensate_order"
+
+
+def test_the_last_units_can_be_reserved_and_no_more(db):
+    first, second = _order(lines=((5, 5),)), None
+    product = first.lines.get().product
+    second = OrderFactory()
+    OrderLineFactory(order=second, product=product, quantity=1)
+
+    _reserve_all(first)
+    _reserve_all(second)
+
+    assert Product.objects.get(pk=product.pk).stock == 0
+    assert (_status(first), _status(second)) == ("paying", "failed")
