@@ -28,9 +28,10 @@ seed: migrate
 run: seed
 	$(BIN)/honcho start -f Procfile
 
-## make test: install and run the whole suite, slow end-to-end tests included.
+## make test: install and run the whole suite, slow end-to-end tests included, measuring
+## coverage (printed; the floor is fail_under in pyproject.toml).
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 ## make test-fast: skip the tests that start real processes.
 test-fast: install

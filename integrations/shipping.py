@@ -22,6 +22,10 @@ class Carrier(Protocol):
     ) -> ShipmentResult:
         """Raise PermanentError when the carrier rejects the shipment."""
 
+    def list_shipments(self, *, order_id: str) -> list[ShipmentResult]:
+        """The carrier's ledger: the shipments it holds for the order. Asked whenever a
+        create's answer was lost, before anything is decided on the order's behalf."""
+
 
 class SandboxCarrier:
     # orders.E002 refuses it wherever the sandbox is off (production).

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -115,7 +116,7 @@ class ProductAdmin(admin.ModelAdmin):
                 adjustment = services.product_stock_adjust(
                     product_id=obj.pk,
                     delta=delta,
-                    user=request.user,
+                    user=request.user if isinstance(request.user, User) else None,
                     reason=form.cleaned_data.get("adjust_reason") or "",
                 )
             except ApplicationError as exc:

@@ -12,8 +12,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -45,12 +47,12 @@ def validate_key(key: str) -> None:
         )
 
 
-def fingerprint(data) -> str:
+def fingerprint(data: Any) -> str:
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def begin(*, user, key: str, request_fingerprint: str) -> IdempotencyKey | Replay:
+def begin(*, user: User, key: str, request_fingerprint: str) -> IdempotencyKey | Replay:
     """Claim the key for this request, or answer with what an earlier request stored."""
     now = timezone.now()
     ttl = timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL_SECONDS)
@@ -84,7 +86,7 @@ def begin(*, user, key: str, request_fingerprint: str) -> IdempotencyKey | Repla
         )
     return Replay(
         status=existing.response_status,
-        body=existing.response_body,
+        body=existing.response_body or {},
         headers=existing.response_headers,
     )
 

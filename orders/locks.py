@@ -88,9 +88,9 @@ class UniqueStepTask(Task):
             raise RuntimeError("workflow steps must run on a worker, never eagerly")
         # The attempt's start, for the timeline's bars; kept on the request, which the
         # retry and failure handlers still see after the run.
-        self.request.step_started_at = timezone.now()
+        self.request.step_started_at = timezone.now()  # type: ignore[attr-defined]
         run = current_task_run.set(
-            TaskRun(task_id=self.request.id or "", started_at=self.request.step_started_at)
+            TaskRun(task_id=self.request.id or "", started_at=self.request.step_started_at)  # type: ignore[attr-defined]
         )
         try:
             return self._run_locked(*args, **kwargs)
@@ -106,7 +106,7 @@ class UniqueStepTask(Task):
             raise self.retry(exc=exc, countdown=random.uniform(1, 3)) from exc
         if not acquired:
             self.on_lock_busy(kwargs)
-            if self.request.retries >= self.max_retries:
+            if self.max_retries is not None and self.request.retries >= self.max_retries:
                 logger.warning(
                     "%s: lock %s still held after %s tries; dropping this copy "
                     "(the recovery sweep resumes the order if it stalls)",

@@ -9,7 +9,7 @@ class BodySizeLimitMiddleware:
     """Answer 413 before reading a body larger than API_MAX_BODY_BYTES sent to the API.
     (Django's own DATA_UPLOAD_MAX_MEMORY_SIZE answers 400, and only for form data.)"""
 
-    def __init__(self, get_response) -> None:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:

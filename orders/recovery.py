@@ -64,7 +64,8 @@ def sweep() -> dict[str, Any]:
         now = timezone.now()
         deadline = now - timedelta(seconds=settings.ORDER_DEADLINE_SECONDS)
         for order in stalled_orders(now=now):
-            idle = int((now - (order.last_event_at or order.updated_at)).total_seconds())
+            last_event_at = getattr(order, "last_event_at", None)  # annotated by stalled_orders
+            idle = int((now - (last_event_at or order.updated_at)).total_seconds())
             if order.status in FAILABLE_STATUSES and order.created_at < deadline:
                 expired += _expire(order)
                 continue
@@ -131,10 +132,9 @@ def order_give_up(
             verdict = steps.shipment_fail(
                 order_id=order.id, step=step, reason_code=reason_code, reason=reason, actor=actor
             )
-            return {
-                steps.ShipmentVerdict.FAILED: GiveUp.FAILED,
-                steps.ShipmentVerdict.SHIPPED: GiveUp.SHIPPED,
-            }.get(verdict, GiveUp.UNKNOWN)
+            if verdict == steps.ShipmentVerdict.FAILED:
+                return GiveUp.FAILED
+            return GiveUp.SHIPPED if verdict == steps.ShipmentVerdict.SHIPPED else GiveUp.UNKNOWN
         failed = services.order_fail(
             order_id=order.id, step=step, reason_code=reason_code, reason=reason, actor=actor
         )

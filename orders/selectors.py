@@ -1,9 +1,10 @@
 """Reads."""
 
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.utils import timezone
 
@@ -14,7 +15,7 @@ def product_list() -> QuerySet[Product]:
     return Product.objects.filter(is_active=True).order_by("sku")
 
 
-def order_list(*, user: AbstractBaseUser) -> QuerySet[Order]:
+def order_list(*, user: User) -> QuerySet[Order]:
     """The user's own orders, newest first; staff see everyone's."""
     qs = Order.objects.select_related("payment", "shipment").prefetch_related(
         "lines", Prefetch("events", queryset=OrderEvent.objects.order_by("at", "id"))
@@ -24,7 +25,7 @@ def order_list(*, user: AbstractBaseUser) -> QuerySet[Order]:
     return qs.order_by("-created_at")
 
 
-def order_get(*, user: AbstractBaseUser, order_id) -> Order | None:
+def order_get(*, user: User, order_id: UUID | str) -> Order | None:
     """None both when the order does not exist and when it is someone else's: the API must
     not reveal which."""
     return order_list(user=user).filter(pk=order_id).first()

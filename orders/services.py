@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -43,7 +43,7 @@ MAX_TOTAL = Decimal("1e12")
 
 def order_create(
     *,
-    user: AbstractBaseUser,
+    user: User,
     lines: list[dict[str, Any]],
     shipping_address: dict[str, str],
     payment_token: str,
@@ -276,7 +276,7 @@ def compensation_done(*, order_id: OrderId) -> None:
 
 
 def product_stock_adjust(
-    *, product_id: int, delta: int, user: AbstractBaseUser | None, reason: str = ""
+    *, product_id: int, delta: int, user: User | None, reason: str = ""
 ) -> StockAdjustment:
     """Add (or take, with a negative delta) units to a product's stock, as one conditional
     F() update: reservations made since anyone looked at the stock are kept, and the stock

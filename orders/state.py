@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 
 from .errors import Conflict
@@ -33,7 +33,7 @@ from .models import (
 # The step whose provider call may be in flight while an order is in this status. Whoever
 # ends such an order from outside the step (the sweep, staff) takes that step's lock first,
 # so that the order is never failed beside a charge or a shipment that is being made.
-STEP_IN_FLIGHT = {
+STEP_IN_FLIGHT: dict[str, str] = {
     OrderStatus.PAYING: Step.CHARGE_PAYMENT,
     OrderStatus.SHIPPING: Step.CREATE_SHIPMENT,
 }
@@ -42,7 +42,7 @@ STEP_IN_FLIGHT = {
 # The statuses in which each step has work to do. A step whose retries run out fails the
 # order only while the order is still here: if it moved on, the step's work was recorded
 # (and what went wrong came after it, e.g. publishing the next step).
-STEP_STATUSES = {
+STEP_STATUSES: dict[str, frozenset[str]] = {
     Step.RESERVE_STOCK: frozenset({OrderStatus.PENDING, OrderStatus.RESERVING}),
     Step.CHARGE_PAYMENT: frozenset(
         {OrderStatus.PENDING, OrderStatus.RESERVING, OrderStatus.PAYING}
@@ -64,10 +64,10 @@ class Actor:
     """Who made a change: the customer, a staff user, or the system."""
 
     kind: str
-    user: AbstractBaseUser | None = None
+    user: User | None = None
 
     @classmethod
-    def for_user(cls, user: AbstractBaseUser | AnonymousUser) -> Actor:
+    def for_user(cls, user: User | AnonymousUser) -> Actor:
         if isinstance(user, AnonymousUser) or not user.is_authenticated:
             return SYSTEM
         kind = ActorKind.STAFF if getattr(user, "is_staff", False) else ActorKind.CUSTOMER

@@ -5,7 +5,7 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from .models import Order
+from .models import Order, OrderStatus
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -22,6 +22,6 @@ def metrics(request: HttpRequest) -> HttpResponse:
     counts = dict(
         Order.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n")
     )
-    for status in Order._meta.get_field("status").choices:
-        gauge.labels(status=status[0]).set(counts.get(status[0], 0))
+    for status in OrderStatus.values:
+        gauge.labels(status=status).set(counts.get(status, 0))
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -528,7 +528,7 @@ class Stack:
             if proc is not None:
                 try:
                     proc.kill()
-                except Exception as exc:  # keep going: everything else must still stop
+                except Exception as exc:  # noqa: BLE001 - keep going: everything else must still stop
                     errors.append(exc)
         if self._client is not None:
             self._client.close()

@@ -77,7 +77,8 @@ def test_rates_come_from_the_environment():
         "THROTTLE_NUM_PROXIES": "1",
     }
     code = (
-        "import django, json; django.setup(); from rest_framework.settings import api_settings as s; "
+        "import django, json; django.setup(); "
+        "from rest_framework.settings import api_settings as s; "
         "print(json.dumps([s.DEFAULT_THROTTLE_RATES, s.NUM_PROXIES]))"
     )
     result = subprocess.run(

@@ -272,8 +272,10 @@ def test_a_body_that_is_not_json_is_a_415(refused, content_type):
     body = {
         "text/plain": json.dumps(order_payload(("MUG-001", 1))),
         "application/x-www-form-urlencoded": "payment_token=tok_ok&lines=MUG-001",
-        "multipart/form-data; boundary=xyz": '--xyz\r\nContent-Disposition: form-data; name="payment_token"'
-        "\r\n\r\ntok_ok\r\n--xyz--\r\n",
+        "multipart/form-data; boundary=xyz": (
+            "--xyz\r\nContent-Disposition: form-data; "
+            'name="payment_token"\r\n\r\ntok_ok\r\n--xyz--\r\n'
+        ),
         "application/xml": "<order/>",
     }[content_type]
     refused(body.encode(), status=415, code="unsupported_media_type", content_type=content_type)

@@ -189,7 +189,8 @@ def _chaos(stack, started: float, log: list[str]) -> None:
             victim = victim or rng.choice(stack.workers)
             stack.kill_worker(victim)
             log.append(
-                f"{time.monotonic() - started:5.1f}s SIGKILL {victim.name} ({running} task(s) running)"
+                f"{time.monotonic() - started:5.1f}s SIGKILL {victim.name} "
+                f"({running} task(s) running)"
             )
             new = stack.start_worker(concurrency=2)
             log.append(f"{time.monotonic() - started:5.1f}s {new.name} ready")
@@ -295,7 +296,8 @@ def test_chaos(stack_factory, capsys):
             f"\nchaos (seed {seed}): orders {len(orders)} {dict(statuses)}, "
             f"kills {len(stack.killed_workers)}, "
             f"Redis restarts {stack.redis.restarts}, worker crashes {len(stack.crashed_workers)}, "
-            f"retries {retries}, resumes {resumes}, busy {busy}, cancellations {dict(client.cancels)}, "
+            f"retries {retries}, resumes {resumes}, busy {busy}, "
+            f"cancellations {dict(client.cancels)}, "
             f"POST retries {client.retried}, placing {placing_took:.1f}s, wall time {wall:.1f}s"
         )
         print("failure reasons:", dict(reasons))

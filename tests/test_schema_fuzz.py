@@ -82,7 +82,7 @@ def test_every_error_response_is_described_with_the_error_shape(schema):
 
 
 def test_throttled_and_unauthenticated_answers_document_their_headers(schema):
-    for method, path, operation in operations(schema):
+    for _method, _path, operation in operations(schema):
         responses = operation["responses"]
         if "429" in responses:
             assert responses["429"]["headers"]["Retry-After"]["required"] is True
@@ -223,9 +223,11 @@ def test_fuzzing_every_operation_finds_no_server_error_and_no_schema_violation(f
     ]
     print(
         f"\nschemathesis {schemathesis.__version__}, seed {SEED}, max-examples {MAX_EXAMPLES}: "
-        f"{statistic.total_cases} cases generated, {len(set(OPERATIONS) & tested)}/{len(OPERATIONS)} "
+        f"{statistic.total_cases} cases generated, "
+        f"{len(set(OPERATIONS) & tested)}/{len(OPERATIONS)} "
         f"operations exercised, "
-        f"{statistic.cases_with_failures} cases with failures, {statistic.total_failures} unique failures, "
+        f"{statistic.cases_with_failures} cases with failures, "
+        f"{statistic.total_failures} unique failures, "
         f"{len(errors)} errors, {finished.running_time if finished else 0:.0f} s; "
         f"statuses {dict(sorted(statuses.items()))}"
     )

@@ -82,8 +82,10 @@ def test_without_the_sandbox_every_provider_must_be_real(settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.PAYMENT_GATEWAY = "integrations.payments.SandboxPaymentGateway"
     assert provider_errors() == [
-        "PAYMENT_GATEWAY=integrations.payments.SandboxPaymentGateway is a sandbox adapter, "
-        "and the sandbox is off here"
+        (
+            "PAYMENT_GATEWAY=integrations.payments.SandboxPaymentGateway is a sandbox adapter, "
+            "and the sandbox is off here"
+        )
     ]
 
 

@@ -297,7 +297,11 @@ LOGGING = {
             "()": structlog.stdlib.ProcessorFormatter,
             "processors": [
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.dev.ConsoleRenderer(colors=False),
+                # Plain tracebacks: rich's, with locals, call repr() on live objects (broker
+                # channels among them), which held a worker in its shutdown instead of exiting.
+                structlog.dev.ConsoleRenderer(
+                    colors=False, exception_formatter=structlog.dev.plain_traceback
+                ),
             ],
             "foreign_pre_chain": _LOG_PRE_CHAIN,
         },

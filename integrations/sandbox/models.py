@@ -2,6 +2,7 @@
 order pipeline: the pipeline only reads them over HTTP."""
 
 import uuid
+from typing import Any
 
 from django.db import models
 
@@ -24,7 +25,10 @@ class SandboxCharge(models.Model):
     class Meta:
         ordering = ["created_at"]
 
-    def save(self, *args, **kwargs):
+    def __str__(self) -> str:
+        return f"{self.id} {self.status} {self.amount} {self.currency}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if not self.id:
             self.id = _new_id("ch")
         super().save(*args, **kwargs)
@@ -37,7 +41,10 @@ class SandboxRefund(models.Model):
     amount = models.DecimalField(max_digits=14, decimal_places=2)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    def save(self, *args, **kwargs):
+    def __str__(self) -> str:
+        return f"{self.id} of {self.charge_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if not self.id:
             self.id = _new_id("re")
         super().save(*args, **kwargs)
@@ -51,7 +58,10 @@ class SandboxShipment(models.Model):
     address = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)
 
-    def save(self, *args, **kwargs):
+    def __str__(self) -> str:
+        return f"{self.id} {self.tracking_number}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if not self.id:
             self.id = _new_id("shp")
             self.tracking_number = "SBX" + uuid.uuid4().hex[:12].upper()
@@ -63,3 +73,6 @@ class SandboxCallCount(models.Model):
 
     key = models.CharField(max_length=300, unique=True)
     count = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count}"

@@ -15,11 +15,13 @@ GET shipments?order=, answers normally).
 import json
 import random
 import time
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
@@ -64,7 +66,9 @@ def _write_request(request: HttpRequest) -> tuple[str, dict] | JsonResponse:
     return key, body
 
 
-def _list_by_order(request: HttpRequest, queryset, to_json) -> JsonResponse:
+def _list_by_order(
+    request: HttpRequest, queryset: QuerySet[Any], to_json: Callable[[Any], dict]
+) -> JsonResponse:
     if order := request.GET.get("order"):
         queryset = queryset.filter(order=order)
     return JsonResponse({"results": [to_json(obj) for obj in queryset]})

@@ -5,8 +5,11 @@
 `fields` appears only on validation errors and mirrors the request's structure.
 """
 
+from typing import Any
+
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found, server_error
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -14,14 +17,14 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from ..errors import ApplicationError
 
 
-def error_body(*, code: str, detail: str, fields=None) -> dict:
-    body = {"code": code, "detail": detail}
+def error_body(*, code: str, detail: str, fields: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "detail": detail}
     if fields is not None:
         body["fields"] = fields
     return body
 
 
-def exception_handler(exc, context):
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
         return Response(
             error_body(code=exc.code, detail=exc.message, fields=exc.fields), status=exc.status_code
@@ -58,19 +61,15 @@ def exception_handler(exc, context):
     return response
 
 
-def not_found_view(request, exception=None):
+def not_found_view(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """URLs that match no route: JSON under /api/, Django's page elsewhere."""
     if request.path.startswith("/api/"):
         return JsonResponse(error_body(code="not_found", detail="Not found."), status=404)
-    from django.views.defaults import page_not_found
-
     return page_not_found(request, exception)
 
 
-def server_error_view(request):
+def server_error_view(request: HttpRequest) -> HttpResponse:
     """A bug under /api/ still answers in the API's error shape (Sentry has the details)."""
     if request.path.startswith("/api/"):
         return JsonResponse(error_body(code="server_error", detail="Server error."), status=500)
-    from django.views.defaults import server_error
-
     return server_error(request)

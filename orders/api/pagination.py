@@ -1,5 +1,9 @@
+from typing import Any
+
+from django.core.paginator import Paginator
 from rest_framework import pagination
 from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
 
 
 class PageNumberPagination(pagination.PageNumberPagination):
@@ -8,7 +12,7 @@ class PageNumberPagination(pagination.PageNumberPagination):
 
     last_page_strings = ()
 
-    def get_page_number(self, request, paginator):
+    def get_page_number(self, request: Request, paginator: Paginator) -> Any:
         page_number = request.query_params.get(self.page_query_param)
         if page_number is None:
             return 1

@@ -1,3 +1,6 @@
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
@@ -11,7 +14,12 @@ class JSONParser(parsers.JSONParser):
     not catch (a 500); a body just under the interpreter's limit parses, and then fails in
     whatever walks it next (serializers, the Idempotency-Key fingerprint)."""
 
-    def parse(self, stream, media_type=None, parser_context=None):
+    def parse(
+        self,
+        stream: Any,
+        media_type: str | None = None,
+        parser_context: Mapping[str, Any] | None = None,
+    ) -> Any:
         try:
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:
@@ -21,11 +29,12 @@ class JSONParser(parsers.JSONParser):
         return data
 
 
-def _deeper_than(data, limit: int) -> bool:
+def _deeper_than(data: Any, limit: int) -> bool:
     # Iterative: walking a deep document recursively is the very problem.
     stack = [(data, 1)]
     while stack:
         node, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):

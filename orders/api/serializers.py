@@ -1,3 +1,5 @@
+from typing import Any
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -11,7 +13,7 @@ PAYMENT_TOKEN_PATTERN = r"^tok_[a-z0-9_]{1,64}$"
 class StrictIntegerField(serializers.IntegerField):
     """An integer in JSON, not "2", 2.0 or true."""
 
-    def to_internal_value(self, data):
+    def to_internal_value(self, data: Any) -> int:
         if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)
@@ -20,7 +22,7 @@ class StrictIntegerField(serializers.IntegerField):
 class StrictCharField(serializers.CharField):
     """A JSON string, not a number that happens to convert."""
 
-    def to_internal_value(self, data):
+    def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
@@ -75,7 +77,7 @@ class OrderCreateInputSerializer(serializers.Serializer):
                 resolved.append({"product": products[sku], "quantity": line["quantity"]})
             seen.add(sku)
         if errors:
-            raise serializers.ValidationError(errors)
+            raise serializers.ValidationError(errors)  # type: ignore[arg-type]  # keyed by index, as DRF does for lists
         return resolved
 
 
@@ -120,7 +122,9 @@ class EventOutputSerializer(serializers.ModelSerializer):
         "read this rather than `detail`, which is for people."
     )
     status = serializers.CharField(help_text="The status the order moved to, if it moved.")
-    data = serializers.JSONField(help_text="Structured facts: amounts, ids, the previous status.")
+    data = serializers.JSONField(  # type: ignore[assignment]  # the event's field, not Serializer.data
+        help_text="Structured facts: amounts, ids, the previous status."
+    )
 
     class Meta:
         model = OrderEvent

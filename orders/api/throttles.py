@@ -1,18 +1,22 @@
 """Rates come from settings (REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], from the environment)."""
 
+from typing import Any
+
+from rest_framework.request import Request
 from rest_framework.settings import api_settings
-from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
+from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
 
 
-class SettingsRateMixin:
-    def get_rate(self):
+class SettingsRateMixin(SimpleRateThrottle):
+    def get_rate(self) -> str | None:
         # DRF copies DEFAULT_THROTTLE_RATES onto the class once, at import: read them per
         # request instead, so that the settings in force are the ones that apply.
-        return api_settings.DEFAULT_THROTTLE_RATES[self.scope]
+        rates: dict[str, Any] = api_settings.DEFAULT_THROTTLE_RATES
+        return rates[str(self.scope)]
 
 
-class PostOnlyMixin:
-    def allow_request(self, request, view):
+class PostOnlyMixin(SimpleRateThrottle):
+    def allow_request(self, request: Request, view: Any) -> bool:
         if request.method != "POST":
             return True
         return super().allow_request(request, view)
@@ -33,5 +37,5 @@ class AuthTokenThrottle(SettingsRateMixin, AnonRateThrottle):
 
     scope = "auth_token"
 
-    def get_cache_key(self, request, view):
+    def get_cache_key(self, request: Request, view: Any) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -1,7 +1,12 @@
-"""API views: validate with an input serializer, call a service, answer with an output serializer."""
+"""API views: validate with an input serializer, call a service, answer with an output
+serializer."""
+
+from typing import cast
+from uuid import UUID
 
 import structlog
 from django.contrib.auth import authenticate
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.urls import reverse
 from drf_spectacular.utils import (
@@ -15,6 +20,7 @@ from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -55,6 +61,11 @@ ERROR_DESCRIPTIONS = {
     422: "Idempotency-Key reused with a different body.",
     429: "Too many requests: see Retry-After.",
 }
+
+
+def _user(request: Request) -> User:
+    # The order and logout views require IsAuthenticated: the user is a real one.
+    return cast(User, request.user)
 
 
 def errors(*codes: int, descriptions: dict[int, str] | None = None) -> dict:
@@ -115,7 +126,7 @@ class TokenView(APIView):
         parameters=error_headers(429),
         auth=[],
     )
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         data = TokenInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         user = authenticate(request, **data.validated_data)
@@ -141,8 +152,8 @@ class LogoutView(APIView):
         responses={204: None, **errors(401)},
         parameters=error_headers(401),
     )
-    def post(self, request):
-        Token.objects.filter(user=request.user).delete()
+    def post(self, request: Request) -> Response:
+        Token.objects.filter(user=_user(request)).delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -159,7 +170,7 @@ class ProductListView(GenericAPIView):
         },
         parameters=error_headers(401),
     )
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         page = self.paginate_queryset(selectors.product_list())
         return self.get_paginated_response(ProductOutputSerializer(page, many=True).data)
 
@@ -179,15 +190,15 @@ class OrderListCreateView(GenericAPIView):
     serializer_class = OrderOutputSerializer
     throttle_classes = [OrderCreateUserThrottle, OrderCreateAnonThrottle]
 
-    def check_permissions(self, request):
+    def check_permissions(self, request: Request) -> None:
         # Throttle before the permission check, so that anonymous attempts count too.
         self.check_throttles(request)
         super().check_permissions(request)
 
-    def check_throttles(self, request):
+    def check_throttles(self, request: Request) -> None:
         if getattr(request, "_throttles_checked", False):  # DRF calls it again after permissions
             return
-        request._throttles_checked = True
+        request._throttles_checked = True  # type: ignore[attr-defined]
         super().check_throttles(request)
 
     @extend_schema(
@@ -199,8 +210,8 @@ class OrderListCreateView(GenericAPIView):
         },
         parameters=error_headers(401),
     )
-    def get(self, request):
-        page = self.paginate_queryset(selectors.order_list(user=request.user))
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(selectors.order_list(user=_user(request)))
         return self.get_paginated_response(OrderOutputSerializer(page, many=True).data)
 
     @extend_schema(
@@ -254,7 +265,7 @@ class OrderListCreateView(GenericAPIView):
             **errors(400, 401, 409, 413, 415, 422, 429),
         },
     )
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         key = request.headers.get("Idempotency-Key")
         if key is not None:
             idempotency.validate_key(key)
@@ -263,7 +274,7 @@ class OrderListCreateView(GenericAPIView):
         record = None
         if key is not None:
             claimed = idempotency.begin(
-                user=request.user,
+                user=_user(request),
                 key=key,
                 request_fingerprint=idempotency.fingerprint(request.data),
             )
@@ -276,11 +287,11 @@ class OrderListCreateView(GenericAPIView):
             record = claimed
         try:
             with transaction.atomic():
-                order = order_create(user=request.user, **data.validated_data)
-                order = selectors.order_get(user=request.user, order_id=order.pk)
+                created = order_create(user=_user(request), **data.validated_data)
+                order = selectors.order_get(user=_user(request), order_id=created.pk)
                 body = OrderOutputSerializer(order).data
                 headers = {
-                    "Location": reverse("orders:order-detail", kwargs={"order_id": order.pk})
+                    "Location": reverse("orders:order-detail", kwargs={"order_id": created.pk})
                 }
                 if record is not None:
                     idempotency.finish(record=record, status=201, body=body, headers=headers)
@@ -296,13 +307,14 @@ class OrderDetailView(APIView):
 
     @extend_schema(
         operation_id="orders_retrieve",
-        description="One order with its timeline. Another user's order is a 404, as if it did not exist.",
+        description="One order with its timeline. Another user's order is a 404, as if it did "
+        "not exist.",
         responses={200: OrderOutputSerializer, **errors(401, 404, descriptions={404: NOT_YOURS})},
         parameters=error_headers(401),
     )
-    def get(self, request, order_id):
+    def get(self, request: Request, order_id: UUID) -> Response:
         structlog.contextvars.bind_contextvars(order_id=str(order_id))
-        order = selectors.order_get(user=request.user, order_id=order_id)
+        order = selectors.order_get(user=_user(request), order_id=order_id)
         if order is None:
             raise ApplicationError("Not found.", status_code=404, code="not_found")
         return Response(OrderOutputSerializer(order).data)
@@ -322,12 +334,12 @@ class OrderCancelView(APIView):
         },
         parameters=error_headers(401),
     )
-    def post(self, request, order_id):
+    def post(self, request: Request, order_id: UUID) -> Response:
         structlog.contextvars.bind_contextvars(order_id=str(order_id))
-        order = selectors.order_get(user=request.user, order_id=order_id)
+        order = selectors.order_get(user=_user(request), order_id=order_id)
         if order is None:
             raise ApplicationError("Not found.", status_code=404, code="not_found")
-        order_cancel(order_id=order.id, actor=Actor.for_user(request.user))
+        order_cancel(order_id=order.id, actor=Actor.for_user(_user(request)))
         return Response(
-            OrderOutputSerializer(selectors.order_get(user=request.user, order_id=order_id)).data
+            OrderOutputSerializer(selectors.order_get(user=_user(request), order_id=order_id)).data
         )

@@ -1,8 +1,9 @@
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
@@ -22,11 +23,11 @@ DEMO_PASSWORD = "demo-password"
 class Command(BaseCommand):
     help = "Create the demo products and the demo user (a second run leaves them as they are)."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--base-url", default="http://127.0.0.1:8000")
 
     @transaction.atomic
-    def handle(self, *args, base_url: str, **options):
+    def handle(self, *args: Any, base_url: str, **options: Any) -> None:
         for sku, name, price, stock in DEMO_PRODUCTS:
             Product.objects.get_or_create(
                 sku=sku, defaults={"name": name, "price": price, "currency": "EUR", "stock": stock}
