@@ -4,10 +4,11 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from orders.api.errors import not_found_view, server_error_view
-from orders.views import healthz, metrics
+from orders.views import api_health, healthz, metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/health/", api_health, name="api-health"),
     path("api/", include("orders.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

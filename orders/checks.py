@@ -32,18 +32,24 @@ def timing_errors() -> list[str]:
         ),
         (
             s.CELERY_TASK_TIME_LIMIT < s.TASK_LOCK_TIMEOUT,
-            ("TASK_LOCK_TIMEOUT must exceed CELERY_TASK_TIME_LIMIT, "
-            "or a running step can lose its lock"),
+            (
+                "TASK_LOCK_TIMEOUT must exceed CELERY_TASK_TIME_LIMIT, "
+                "or a running step can lose its lock"
+            ),
         ),
         (
             s.TASK_LOCK_TIMEOUT < visibility,
-            ("the broker's visibility_timeout must exceed TASK_LOCK_TIMEOUT "
-            "(the longest lock-wait countdown)"),
+            (
+                "the broker's visibility_timeout must exceed TASK_LOCK_TIMEOUT "
+                "(the longest lock-wait countdown)"
+            ),
         ),
         (
             s.TASK_RETRY_BACKOFF_MAX < visibility,
-            ("the broker's visibility_timeout must exceed TASK_RETRY_BACKOFF_MAX "
-            "(the longest retry countdown)"),
+            (
+                "the broker's visibility_timeout must exceed TASK_RETRY_BACKOFF_MAX "
+                "(the longest retry countdown)"
+            ),
         ),
         (
             s.TASK_RETRY_BACKOFF_MAX + s.CELERY_TASK_TIME_LIMIT < s.ORDER_STALL_SECONDS,

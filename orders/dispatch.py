@@ -111,28 +111,33 @@ def compensation_start(*, order_id: OrderId) -> None:
 def relay_pending() -> int:
     """Send the workflow of every order whose send failed, from the status it has reached.
     Stops at the first failure (the broker is still down). Returns how many were sent."""
-    sent = 0
+    # Claim the rows and commit before publishing: a chord's counter row is written when the
+    # chord is sent, and a worker must be able to read it; the claim (a delete under SKIP
+    # LOCKED) also keeps a second relay from sending the same order.
     with transaction.atomic():
-        # SKIP LOCKED: two relays (a slow one and the next) never send the same order twice.
-        pending = (
+        claimed = list(
             PendingDispatch.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("order")
             .order_by("created_at")[:RELAY_BATCH]
         )
-        for row in pending:
-            order = row.order
-            finished = order.status == OrderStatus.COMPLETED or (
-                order.status in COMPENSATED_STATUSES and order.compensated_at is not None
-            )
-            if not finished:
-                try:
-                    with _order_log_context(order.id, order.request_id):
-                        _continuation(order.id, order.status).apply_async()
-                except Exception:  # still unreachable: the next run tries again
-                    logger.warning("relay: the broker is still unreachable", exc_info=True)
-                    break
-                sent += 1
-            row.delete()
+        PendingDispatch.objects.filter(pk__in=[row.pk for row in claimed]).delete()
+    sent = 0
+    for index, row in enumerate(claimed):
+        order = row.order
+        finished = order.status == OrderStatus.COMPLETED or (
+            order.status in COMPENSATED_STATUSES and order.compensated_at is not None
+        )
+        if finished:
+            continue
+        try:
+            with _order_log_context(order.id, order.request_id):
+                _continuation(order.id, order.status).apply_async()
+        except Exception:  # still unreachable: give the rest back for the next run
+            logger.warning("relay: the broker is still unreachable", exc_info=True)
+            for rest in claimed[index:]:
+                _remember(rest.order_id)
+            break
+        sent += 1
     if sent:
         logger.info("relay: sent %s order(s) whose dispatch had failed", sent)
     return sent

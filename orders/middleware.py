@@ -2,6 +2,7 @@ import uuid
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
@@ -56,4 +57,34 @@ class RequestIdMiddleware:
         request.META["HTTP_X_REQUEST_ID"] = request_id
         response = self.get_response(request)
         response["X-Request-ID"] = request_id
+        return response
+
+
+# How long a client should wait before trying again while the database is unreachable:
+# a restart or a failover takes seconds.
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+class DatabaseUnavailableMiddleware:
+    """While PostgreSQL cannot be reached, every request answers 503 with Retry-After in the
+    API's one error shape, not a 500 or an HTML page: clients retry (with the same
+    Idempotency-Key), and the sandbox providers' 503 is a transient error to the adapters."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        response = JsonResponse(
+            {
+                "code": "service_unavailable",
+                "detail": "The database is unreachable; try again shortly.",
+            },
+            status=503,
+        )
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
         return response

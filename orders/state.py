@@ -19,6 +19,7 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 
+from . import metrics
 from .errors import Conflict
 from .models import (
     ORDER_TRANSITIONS,
@@ -116,7 +117,7 @@ def event_record(
 ) -> OrderEvent:
     """Append one entry to the order's timeline, with the task attempt that wrote it."""
     run = current_task_run.get()
-    return OrderEvent.objects.create(
+    event = OrderEvent.objects.create(
         task_id=run.task_id if run else "",
         started_at=run.started_at if run else None,
         order=order,
@@ -130,6 +131,16 @@ def event_record(
         data=data or {},
         detail=detail[:2000],
     )
+    metrics.event_recorded(
+        step=step,
+        outcome=outcome,
+        status=status,
+        reason_code=reason_code,
+        started_at=event.started_at,
+        at=event.at,
+        data=event.data,
+    )
+    return event
 
 
 def can_move(status: str, to: str) -> bool:

@@ -54,6 +54,7 @@ _OWN_PREFIXES = (
     "SENTRY_",
 )
 _OWN_NAMES = {
+    "PROMETHEUS_MULTIPROC_DIR",
     "REDIS_URL",
     "LOCK_REDIS_URL",
     "TEST_DATABASE_NAME",
@@ -302,6 +303,12 @@ class Stack:
     def web_url(self) -> str:
         return f"http://{HOST}:{self.web_port}"
 
+    @property
+    def metrics_dir(self) -> Path:
+        path = self.log_dir / "prometheus"
+        path.mkdir(exist_ok=True)
+        return path
+
     def env(self) -> dict[str, str]:
         env = {
             k: v
@@ -317,6 +324,8 @@ class Stack:
                 "EMAIL_HOST": HOST,
                 "EMAIL_PORT": str(self.smtp.port),
                 "PYTHONUNBUFFERED": "1",
+                # The stack's own metrics: its web and worker processes, nobody else's.
+                "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
                 # Many orders from few users: the API's throttle is not what these tests are about.
                 "THROTTLE_ORDER_CREATE_RATE": "100000/min",
                 "THROTTLE_AUTH_TOKEN_RATE": "1000/min",

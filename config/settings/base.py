@@ -36,6 +36,7 @@ MIDDLEWARE = [
     "orders.middleware.RequestIdMiddleware",
     "django_structlog.middlewares.RequestMiddleware",
     "orders.middleware.BodySizeLimitMiddleware",
+    "orders.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -94,9 +95,16 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env("REDIS_URL", default="redis://localhost:6379/0")
 # Locks live in Redis too, beside the broker: see orders/locks.py.
 LOCK_REDIS_URL = env("LOCK_REDIS_URL", default=REDIS_URL)
+# Throttle counters must be shared by every web process, so not LocMem. Short socket timeouts:
+# a Redis that does not answer costs a request half a second, then throttling fails open
+# (orders/api/throttles.py).
+REDIS_CACHE_OPTIONS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
 CACHES = {
-    # Throttle counters must be shared by every web process, so not LocMem.
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL},
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": REDIS_CACHE_OPTIONS,
+    },
 }
 
 # --- Auth, i18n, static -----------------------------------------------------------
@@ -263,6 +271,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 3600.0,
     },
 }
+
+# /metrics: open where the sandbox runs (local, test); production sets METRICS_REQUIRE_TOKEN
+# and answers only `Authorization: Bearer <METRICS_TOKEN>` (404 otherwise, and while unset).
+METRICS_REQUIRE_TOKEN = False
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
 # Where the admin links a timeline entry's task in Flower.
 FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555")

@@ -14,6 +14,7 @@ if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or "insecure" in SECRET_KEY:
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 DATABASES = {"default": database_from_env()}  # DATABASE_URL required
 SANDBOX_ENABLED = False
+METRICS_REQUIRE_TOKEN = True  # and METRICS_TOKEN from the environment: no outsider sees volumes
 # Real providers, named explicitly: no default can silently point production at the
 # sandbox (orders.E002 refuses sandbox adapters and mail backends that deliver nothing).
 PAYMENT_GATEWAY = env("PAYMENT_GATEWAY")

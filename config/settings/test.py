@@ -1,7 +1,7 @@
 """The test suite: real PostgreSQL and Redis, never eager Celery."""
 
 from .base import *  # noqa: F403
-from .base import INSTALLED_APPS, database_from_env, env
+from .base import INSTALLED_APPS, REDIS_CACHE_OPTIONS, database_from_env, env
 
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="test-only-insecure-key")
 DATABASES = {"default": database_from_env("postgres://postgres@127.0.0.1:5432/test")}
@@ -11,7 +11,11 @@ REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/1")
 LOCK_REDIS_URL = env("LOCK_REDIS_URL", default=REDIS_URL)
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": REDIS_CACHE_OPTIONS,
+    }
 }
 SANDBOX_ENABLED = True
 INSTALLED_APPS = [*INSTALLED_APPS, "integrations.sandbox"]

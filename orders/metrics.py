@@ -1,0 +1,126 @@
+"""Prometheus metrics of every process on the host: gunicorn's workers and Celery's prefork
+pool processes write their samples to files in PROMETHEUS_MULTIPROC_DIR (prometheus-client's
+multiprocess mode; config/__init__.py gives it a default), and `/metrics` on the web server
+adds them up, with the gauges it reads from the database and the broker at scrape time.
+
+Counters move when what they count has committed: the timeline is the source, so a rolled
+back step counts nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+
+from django.db import transaction
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from .models import TERMINAL_STATUSES, OrderStatus, Outcome, Step
+
+logger = logging.getLogger(__name__)
+
+ORDERS_CREATED = Counter("orders_created_total", "Orders accepted by the API")
+ORDERS_FINISHED = Counter("orders_finished_total", "Orders that ended, by status", ["status"])
+STEP_DURATION = Histogram(
+    "order_step_duration_seconds",
+    "One attempt of a workflow step, from the task's start to its timeline entry",
+    ["step", "outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+STEP_RETRIES = Counter("order_step_retries_total", "Step attempts that will be retried", ["step"])
+COMPENSATIONS = Counter(
+    "order_compensations_total", "What was undone: release, refund, email", ["action"]
+)
+RECOVERIES = Counter(
+    "order_recoveries_total", "What the sweep did: resumed, expired, recompensated", ["kind"]
+)
+EMAILS_ABANDONED = Counter(
+    "order_confirmation_emails_abandoned_total",
+    "Shipped orders completed without their confirmation email (ORDER_EMAIL_DEADLINE_SECONDS)",
+)
+THROTTLE_FAIL_OPEN = Counter(
+    "throttle_fail_open_total",
+    "Requests let through unthrottled because the throttle's cache was unreachable",
+    ["scope"],
+)
+
+
+def _count(
+    *,
+    step: str,
+    outcome: str,
+    status: str,
+    reason_code: str,
+    started_at: datetime | None,
+    at: datetime,
+    data: dict,
+) -> None:
+    if outcome == Outcome.CREATED and step == Step.ORDER:
+        ORDERS_CREATED.inc()
+    if status in TERMINAL_STATUSES:
+        ORDERS_FINISHED.labels(status=status).inc()
+    if started_at is not None:
+        STEP_DURATION.labels(step=step, outcome=outcome).observe(
+            max((at - started_at).total_seconds(), 0.0)
+        )
+    if outcome == Outcome.RETRYING:
+        STEP_RETRIES.labels(step=step).inc()
+    if data.get("released_units"):
+        COMPENSATIONS.labels(action="release").inc()
+    if step == Step.COMPENSATE and reason_code == "refunded":
+        COMPENSATIONS.labels(action="refund").inc()
+    if step == Step.COMPENSATE and reason_code == "email_sent":
+        COMPENSATIONS.labels(action="email").inc()
+    if reason_code == "completed_without_email":
+        EMAILS_ABANDONED.inc()
+    if step == Step.RECOVERY and reason_code == "deadline":
+        RECOVERIES.labels(kind="expired").inc()
+    if step == Step.RECOVERY and reason_code == "resumed":
+        ended = data.get("status") in (OrderStatus.FAILED, OrderStatus.CANCELLED)
+        RECOVERIES.labels(kind="recompensated" if ended else "resumed").inc()
+
+
+def event_recorded(
+    *,
+    step: str,
+    outcome: str,
+    status: str,
+    reason_code: str,
+    started_at: datetime | None,
+    at: datetime,
+    data: dict,
+) -> None:
+    """Count a timeline entry once its transaction has committed."""
+    transaction.on_commit(
+        lambda: _count(
+            step=step,
+            outcome=outcome,
+            status=status,
+            reason_code=reason_code,
+            started_at=started_at,
+            at=at,
+            data=data,
+        )
+    )
+
+
+def registry() -> CollectorRegistry:
+    """Every process's samples, added up (multiprocess mode), or this process's own."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        collected = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collected)
+        return collected
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
+
+
+def exposition(*, extra: CollectorRegistry) -> bytes:
+    return generate_latest(registry()) + generate_latest(extra)
