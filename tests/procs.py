@@ -597,12 +597,15 @@ def stack_factory(transactional_db, tmp_path):
 
     stacks: list[Stack] = []
 
-    def make(*, env: dict | None = None, **start) -> Stack:
+    def make(*, env: dict | None = None, start: bool = True, **options) -> Stack:
+        """A stack, started with `options` unless `start=False` (the test starts it later,
+        e.g. once it has prepared a database of its own)."""
         log_dir = tmp_path / f"stack{len(stacks)}"
         log_dir.mkdir()
         stack = Stack(db_name=settings.DATABASES["default"]["NAME"], log_dir=log_dir, env=env)
         stacks.append(stack)
-        stack.start(**start)
+        if start:
+            stack.start(**options)
         return stack
 
     yield make
