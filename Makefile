@@ -26,6 +26,7 @@ seed: migrate
 ## make run: install, migrate, seed the demo data, print a token and a curl line,
 ## then start web (8000), worker, beat and Flower (5555) from the Procfile.
 run: seed
+	rm -rf .prometheus  # metrics of an earlier run
 	$(BIN)/honcho start -f Procfile
 
 ## make test: install and run the whole suite, slow end-to-end tests included, measuring
