@@ -3,6 +3,7 @@ production), /api/health/ (each component, 503 naming the one that is down), and
 under outages: Redis down (throttling fails open, orders are accepted and start once the
 broker is back) and PostgreSQL down (503 with Retry-After, never a 500)."""
 
+import json
 import re
 import time
 
@@ -117,7 +118,7 @@ def test_a_request_that_cannot_reach_the_database_is_a_503_in_the_error_shape():
 
     assert response.status_code == 503
     assert response["Retry-After"] == "5"
-    assert response.json()["code"] == "service_unavailable"
+    assert json.loads(response.content)["code"] == "service_unavailable"
     assert middleware.process_exception(request, ValueError("a bug")) is None  # still a 500
 
 
@@ -178,3 +179,37 @@ def test_orders_placed_while_redis_is_down_are_accepted_and_start_when_it_is_bac
     assert _sample(metrics, "orders_created_total") == 20  # counted in the web processes
     assert _sample(metrics, "orders_finished_total", status="completed") == 20  # in the pool's
     assert _sample(metrics, "throttle_fail_open_total", scope="order_create") >= 20
+
+
+# --- The dashboard and the alerts ---------------------------------------------------------
+def test_every_metric_the_dashboard_and_the_alerts_name_is_exported(client, db):
+    from pathlib import Path
+
+    import yaml
+
+    from orders import metrics as order_metrics
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    dashboard = json.loads((deploy / "grafana" / "orders.json").read_text())
+    alerts = yaml.safe_load((deploy / "prometheus" / "alerts.yml").read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    expressions += [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+    named = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for expr in expressions
+        for name in re.findall(r"\b((?:orders?|celery|throttle)_[a-z_]+)\b", expr)
+    }
+    exported = {
+        m._name for m in vars(order_metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")
+    }
+    exported |= set(re.findall(r"^# HELP (\S+)", client.get("/metrics").content.decode(), re.M))
+    exported = {re.sub(r"_total$", "", name) for name in exported}
+
+    assert len(named) >= 8
+    assert {re.sub(r"_total$", "", name) for name in named} <= exported
+    assert {a["alert"] for g in alerts["groups"] for a in g["rules"]} == {
+        "OrdersStalled",
+        "OrderFailureRatioHigh",
+        "CeleryQueueGrowing",
+        "NoWorkerConsuming",
+    }
