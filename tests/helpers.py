@@ -142,3 +142,9 @@ def gateway_ledger(base_url: str, order_id: Any = None) -> list[dict]:
 def carrier_ledger(base_url: str, order_id: Any = None) -> list[dict]:
     """The sandbox carrier's shipments (of one order, or all), read over HTTP."""
     return _sandbox_list(base_url, "shipping/shipments/", order_id)
+
+
+def dispatched(callbacks: list[Callable[[], Any]]) -> list[Callable[[], Any]]:
+    """Of the callbacks a transaction scheduled for after its commit, the sends to Celery
+    (orders/dispatch.py), not the metrics that count its timeline entries."""
+    return [c for c in callbacks if getattr(c, "__module__", "") == "orders.dispatch"]

@@ -4,7 +4,6 @@ worker and beat; a client places 50 orders and retries on 503 with the same
 Idempotency-Key; PostgreSQL stops for 10 seconds in the middle of the run."""
 
 import glob
-import os
 import shutil
 import subprocess
 import sys
