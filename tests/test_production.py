@@ -250,3 +250,53 @@ def test_flower_needs_its_credentials(flower, how):
         assert requests.get(url + path, timeout=10).status_code == 401, path
         assert requests.get(url + path, auth=("user", "wrong"), timeout=10).status_code == 401, path
     assert requests.get(url + "/", auth=("user", "pass"), timeout=10).status_code == 200
+
+
+@pytest.fixture
+def flower_behind_auth(flower, tmp_path):
+    """Flower on a private port, and the project's authenticating proxy in front of it."""
+    upstream = flower("--basic-auth=user:pass")
+    port = free_port()
+    log = (tmp_path / "proxy.log").open("w")
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "config.flower_auth",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--upstream",
+            upstream,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "FLOWER_BASIC_AUTH": "user:pass"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not answers(port):
+            assert proxy.poll() is None and time.monotonic() < deadline, "the proxy did not start"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", upstream
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=15)
+        log.close()
+
+
+@pytest.mark.slow
+def test_flowers_whole_surface_needs_credentials_through_the_proxy(flower_behind_auth):
+    """Flower itself leaves /metrics and /healthcheck open; the proxy closes them too."""
+    url, upstream = flower_behind_auth
+    assert requests.get(upstream + "/metrics", timeout=10).status_code == 200  # Flower's gap
+
+    for path in ("/", "/tasks", "/api/workers", "/metrics", "/healthcheck"):
+        assert requests.get(url + path, timeout=10).status_code == 401, path
+        assert requests.get(url + path, auth=("user", "wrong"), timeout=10).status_code == 401
+    assert requests.get(url + "/", auth=("user", "pass"), timeout=10).status_code == 200
+    metrics = requests.get(url + "/metrics", auth=("user", "pass"), timeout=10)
+    assert metrics.status_code == 200 and "flower_" in metrics.text
+    assert requests.get(url + "/healthcheck", auth=("user", "pass"), timeout=10).text == "OK"
