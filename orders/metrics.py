@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import datetime
+from typing import Any
 
 from django.db import transaction
 from prometheus_client import (
@@ -87,28 +88,10 @@ def _count(
         RECOVERIES.labels(kind="recompensated" if ended else "resumed").inc()
 
 
-def event_recorded(
-    *,
-    step: str,
-    outcome: str,
-    status: str,
-    reason_code: str,
-    started_at: datetime | None,
-    at: datetime,
-    data: dict,
-) -> None:
-    """Count a timeline entry once its transaction has committed."""
-    transaction.on_commit(
-        lambda: _count(
-            step=step,
-            outcome=outcome,
-            status=status,
-            reason_code=reason_code,
-            started_at=started_at,
-            at=at,
-            data=data,
-        )
-    )
+def event_recorded(**entry: Any) -> None:
+    """Count a timeline entry (the arguments of `_count`) once its transaction has
+    committed."""
+    transaction.on_commit(lambda: _count(**entry))
 
 
 def registry() -> CollectorRegistry:

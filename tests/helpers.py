@@ -12,6 +12,21 @@ import requests
 
 TERMINAL = ("completed", "failed", "cancelled")
 
+# Timings for real-process tests: seconds instead of minutes, in the order orders/checks.py
+# requires (each test asserts it with tests.procs.timing_errors_under).
+FAST_TIMINGS = {
+    "PROVIDER_CONNECT_TIMEOUT_SECONDS": "1",
+    "PROVIDER_TIMEOUT_SECONDS": "1.5",
+    "CELERY_TASK_SOFT_TIME_LIMIT": "8",
+    "CELERY_TASK_TIME_LIMIT": "10",
+    "TASK_LOCK_TIMEOUT": "12",
+    "TASK_RETRY_BACKOFF_MAX": "2",
+    "CELERY_VISIBILITY_TIMEOUT": "30",
+    "ORDER_STALL_SECONDS": "15",
+    "ORDER_SWEEP_INTERVAL_SECONDS": "2",
+    "ORDER_DEADLINE_SECONDS": "600",
+}
+
 
 def wait_for(
     predicate: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = "condition"

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.helpers import gateway_ledger, wait_for
+from tests.helpers import FAST_TIMINGS, gateway_ledger, wait_for
 from tests.procs import ROOT, timing_errors_under
 from tests.services import free_port
 
@@ -24,18 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 BIN = Path((sorted(glob.glob("/usr/lib/postgresql/*/bin")) or ["/nonexistent"])[-1])
 ORDERS = 50
-# The chaos test's timings: retries and the sweep within seconds.
-ENV = {
-    "PROVIDER_TIMEOUT_SECONDS": "1.5",
-    "CELERY_TASK_SOFT_TIME_LIMIT": "8",
-    "CELERY_TASK_TIME_LIMIT": "10",
-    "TASK_LOCK_TIMEOUT": "12",
-    "TASK_RETRY_BACKOFF_MAX": "2",
-    "CELERY_VISIBILITY_TIMEOUT": "30",
-    "ORDER_STALL_SECONDS": "15",
-    "ORDER_SWEEP_INTERVAL_SECONDS": "2",
-    "ORDER_DEADLINE_SECONDS": "600",
-}
+ENV = FAST_TIMINGS
 
 
 class PrivatePostgres:
