@@ -65,8 +65,8 @@ def waterfall_svg(*, order: Order, events: Sequence[OrderEvent]) -> SafeString:
     )
     height = 30 + len(events) * ROW
     return format_html(
-        '<svg class="order-waterfall" xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" '
-        'role="img" aria-label="timeline of order {}">'
+        '<svg class="order-waterfall" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {} {}" '
+        'width="720" role="img" aria-label="timeline of order {}">'
         '<text x="{}" y="12" font-size="11">0 s</text>'
         '<text x="{}" y="12" font-size="11" text-anchor="end">{} s</text>{}</svg>',
         WIDTH,

@@ -24,7 +24,8 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email.message import Message
 from pathlib import Path
 
@@ -292,6 +293,7 @@ class Stack:
         self.web_port = free_port()
         self.web: Proc | None = None
         self.beat: Proc | None = None
+        self.flower: list[Proc] = []  # Flower and its authenticating proxy
         self.workers: list[Proc] = []
         self.killed_workers: list[Proc] = []
         self.crashed_workers: list[Proc] = []  # exited by themselves; see replace_crashed_workers
@@ -444,6 +446,55 @@ class Stack:
             self.beat.wait_ready(lambda: "beat: Starting..." in self.beat.log(), timeout=timeout)
         return self
 
+    def start_flower(self, *, credentials: str = "user:pass", timeout: float = 60) -> str:
+        """Flower on a private port behind the project's authenticating proxy, as the
+        Procfile runs them; returns the proxy's URL. Started before the orders it should see:
+        Flower learns of tasks from their events."""
+        private, public = free_port(), free_port()
+        env = {**self.env(), "FLOWER_BASIC_AUTH": credentials}
+        flower = Proc(
+            "flower",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "config",
+                "flower",
+                f"--address={HOST}",
+                f"--port={private}",
+                f"--basic-auth={credentials}",
+            ],
+            env=env,
+            log_dir=self.log_dir,
+        ).start()
+        proxy = Proc(
+            "flowerauth",
+            [
+                str(BIN / "python"),
+                "-m",
+                "config.flower_auth",
+                "--address",
+                HOST,
+                "--port",
+                str(public),
+                "--upstream",
+                f"http://{HOST}:{private}",
+            ],
+            env=env,
+            log_dir=self.log_dir,
+        ).start()
+        self.flower += [flower, proxy]
+        user, password = credentials.split(":", 1)
+
+        def ready() -> bool:
+            try:
+                url = f"http://{HOST}:{public}/healthcheck"
+                return requests.get(url, auth=(user, password), timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        proxy.wait_ready(ready, timeout=timeout)
+        return f"http://{HOST}:{public}"
+
     def start_worker(self, *, concurrency: int = 2, wait: bool = True, timeout: float = 60) -> Proc:
         proc = self._worker_proc(concurrency=concurrency).start()
         self.workers.append(proc)
@@ -467,6 +518,25 @@ class Stack:
             self.crashed_workers.append(proc)
             self.start_worker(wait=False)
         return crashed
+
+    @contextmanager
+    def supervising(self, *, interval: float = 0.5) -> Iterator[None]:
+        """While the block runs, replace every worker that exits by itself, as systemd or
+        Kubernetes would (celery 5.7: a worker busy with an acks_late task exits when its
+        Redis broker goes away, at a moment of its own choosing)."""
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(interval):
+                self.replace_crashed_workers()
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join(timeout=10)
 
     def pool_pids(self, proc: Proc) -> list[int]:
         return children_of(proc.pid)
@@ -533,7 +603,7 @@ class Stack:
         """Kill every process group (workers first, Redis last), stop SMTP, and close the
         database connections the children left behind. Never raises before all is done."""
         errors = []
-        for proc in [*self.workers, self.beat, self.web]:
+        for proc in [*self.flower, *self.workers, self.beat, self.web]:
             if proc is not None:
                 try:
                     proc.kill()

@@ -34,8 +34,10 @@ def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
                 module = f"{base}.{node.module}" if node.module else base
             else:
                 module = node.module or ""
-            targets.add(module)
-            targets |= {f"{module}.{alias.name}" for alias in node.names}
+            submodules = {f"{module}.{alias.name}" for alias in node.names}
+            if node.module or not submodules <= known:
+                targets.add(module)  # `from . import x` names x, not the package
+            targets |= submodules
         elif isinstance(node, ast.Import):
             targets |= {alias.name for alias in node.names}
     return {t for t in targets if t in known and t != name}

@@ -195,9 +195,8 @@ def test_a_step_done_while_the_broker_is_down_is_not_undone(stack_factory):
     )
     time.sleep(3)
     stack.redis.start()
-    stack.replace_crashed_workers()  # celery 5.7: a busy worker exits when the broker goes away
-
-    [order] = wait_for_orders([order_id], timeout=60)
+    with stack.supervising():  # celery 5.7: a busy worker exits when the broker goes away
+        [order] = wait_for_orders([order_id], timeout=60)
 
     assert order.status == "completed", timeline(order)
     assert ("recovery", "resumed") in timeline(order)

@@ -156,10 +156,10 @@ def test_orders_placed_while_redis_is_down_are_accepted_and_start_when_it_is_bac
         timeout=30,
     )
     stack.redis.start()
-    stack.replace_crashed_workers()  # celery 5.7: a worker may exit when its broker goes away
     back = time.monotonic()
     ids = [r.json()["id"] for r in responses]
-    orders = wait_for_orders(ids, timeout=120)
+    with stack.supervising():  # celery 5.7: a worker may exit when its broker goes away
+        orders = wait_for_orders(ids, timeout=120)
     took = time.monotonic() - back
 
     assert [r.status_code for r in responses] == [201] * 20

@@ -14,3 +14,5 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
 }
+# Static files straight from the apps (no collectstatic), so gunicorn serves the admin's CSS.
+WHITENOISE_USE_FINDERS = True

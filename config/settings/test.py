@@ -38,3 +38,5 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
     "unacked_restore_throttle": env.int("CELERY_UNACKED_RESTORE_THROTTLE", default=10),
 }
+# Static files straight from the apps (no collectstatic), so gunicorn serves the admin's CSS.
+WHITENOISE_USE_FINDERS = True
