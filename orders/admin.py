@@ -278,7 +278,8 @@ class OrderAdmin(ReadOnlyMixin, admin.ModelAdmin):
             ),
         )
         return format_html(
-            '<div style="overflow-x:auto;max-width:100%"><table class="order-timeline"><thead><tr><th>at</th><th>step</th><th>outcome</th>'
+            '<div style="overflow-x:auto;max-width:100%"><table class="order-timeline">'
+            "<thead><tr><th>at</th><th>step</th><th>outcome</th>"
             "<th>attempt</th><th>status</th><th>actor</th><th>reason</th><th>detail</th>"
             "<th>task</th></tr></thead><tbody>{}</tbody></table></div>",
             rows,
