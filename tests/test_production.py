@@ -300,3 +300,60 @@ def test_flowers_whole_surface_needs_credentials_through_the_proxy(flower_behind
     metrics = requests.get(url + "/metrics", auth=("user", "pass"), timeout=10)
     assert metrics.status_code == 200 and "flower_" in metrics.text
     assert requests.get(url + "/healthcheck", auth=("user", "pass"), timeout=10).text == "OK"
+
+
+def _fresh_settings_module(name: str):
+    import importlib
+
+    sys.modules.pop(name, None)
+    return importlib.import_module(name)
+
+
+def test_the_production_settings_as_a_module(monkeypatch):
+    """The same module the subprocess tests start, read here for its values."""
+    for name, value in production_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LOG_FORMAT", raising=False)
+
+    production = _fresh_settings_module("config.settings.production")
+
+    assert production.DEBUG is False and production.SANDBOX_ENABLED is False
+    assert production.PAYMENT_GATEWAY == "tests.fakes.FakeGateway"
+    assert production.EMAIL_BACKEND == "django.core.mail.backends.smtp.EmailBackend"
+    assert production.METRICS_REQUIRE_TOKEN is True
+    assert production.LOGGING["handlers"]["console"]["formatter"] == "json"
+    # Its JSON logging is its own: the base settings (and so these tests') keep theirs.
+    assert settings.LOGGING["handlers"]["console"]["formatter"] != "json" or (
+        os.environ.get("LOG_FORMAT") == "json"
+    )
+
+
+def test_the_local_settings_run_the_sandbox_with_debug_on(monkeypatch):
+    monkeypatch.delenv("DJANGO_DEBUG", raising=False)
+
+    local = _fresh_settings_module("config.settings.local")
+
+    assert local.DEBUG is True and local.SANDBOX_ENABLED is True
+    assert "integrations.sandbox" in local.INSTALLED_APPS
+    assert local.PAYMENT_GATEWAY == "integrations.payments.SandboxPaymentGateway"
+
+
+def test_the_flower_proxy_checks_every_credential_in_constant_time(monkeypatch):
+    import base64
+
+    from config.flower_auth import authorized, credentials_from_env
+
+    def basic(pair: str) -> str:
+        return "Basic " + base64.b64encode(pair.encode()).decode()
+
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:one, viewer:two")
+    allowed = credentials_from_env()
+
+    assert allowed == ["ops:one", "viewer:two"]
+    assert authorized(basic("viewer:two"), allowed)
+    assert not authorized(basic("viewer:one"), allowed)
+    assert not authorized("Basic !!!not-base64", allowed)
+    assert not authorized("Bearer ops:one", allowed) and not authorized(None, allowed)
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "no-colon")
+    with pytest.raises(SystemExit):
+        credentials_from_env()

@@ -1,9 +1,12 @@
 """Production: every secret from the environment, no defaults, HTTPS everywhere."""
 
+import copy
+
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import LOGGING, database_from_env, env
+from .base import LOGGING as BASE_LOGGING
+from .base import database_from_env, env
 
 DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY")  # no default: a missing key stops the start
@@ -23,7 +26,8 @@ SANDBOX_URL = ""
 EMAIL_HOST = env("EMAIL_HOST")
 EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 # One JSON object per log line, for the log pipeline.
-LOGGING["handlers"]["console"]["formatter"] = env("LOG_FORMAT", default="json")  # type: ignore[index]
+LOGGING = copy.deepcopy(BASE_LOGGING)
+LOGGING["handlers"]["console"]["formatter"] = env("LOG_FORMAT", default="json")
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
