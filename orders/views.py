@@ -20,9 +20,6 @@ from . import metrics as order_metrics
 from .models import TERMINAL_STATUSES, Order
 from .selectors import orders_stalled
 
-# The Celery queues whose depth /metrics reports (Redis lists of the same name).
-QUEUES = ("celery",)
-
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness: the process answers and reaches its database. Cheap enough for a load
@@ -123,7 +120,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     if broker.startswith(("redis://", "rediss://")):
         try:
             client = redis.Redis.from_url(broker, socket_timeout=1, socket_connect_timeout=1)
-            for queue in QUEUES:
+            for queue in settings.ORDER_QUEUES:
                 depth.labels(queue=queue).set(client.llen(queue))
         except redis.RedisError:
             pass  # the broker is down: no figure rather than a wrong one

@@ -381,7 +381,7 @@ class Stack:
         except requests.RequestException:
             return False
 
-    def _worker_proc(self, *, concurrency: int) -> Proc:
+    def _worker_proc(self, *, concurrency: int, queues: str = "") -> Proc:
         self._worker_seq += 1
         name = f"w{self._worker_seq}"
         argv = [
@@ -397,6 +397,7 @@ class Stack:
             f"{name}@%h",
             "--loglevel",
             "INFO",
+            *(["-Q", queues] if queues else []),  # all the orders' queues unless named
         ]
         proc = Proc(name, argv, env=self.env(), log_dir=self.log_dir)
         proc.nodename = f"{name}@{socket.gethostname()}"
@@ -495,8 +496,10 @@ class Stack:
         proxy.wait_ready(ready, timeout=timeout)
         return f"http://{HOST}:{public}"
 
-    def start_worker(self, *, concurrency: int = 2, wait: bool = True, timeout: float = 60) -> Proc:
-        proc = self._worker_proc(concurrency=concurrency).start()
+    def start_worker(
+        self, *, concurrency: int = 2, wait: bool = True, timeout: float = 60, queues: str = ""
+    ) -> Proc:
+        proc = self._worker_proc(concurrency=concurrency, queues=queues).start()
         self.workers.append(proc)
         if wait:
             proc.wait_ready(self._worker_ready(proc), timeout=timeout)
@@ -551,8 +554,14 @@ class Stack:
             self._client = Celery(
                 f"client-{self.app_name}", broker=self.redis.url, set_as_current=False
             )
+            from django.conf import settings
+
+            # Routed as the project routes: each task to its step's queue.
             self._client.conf.update(
-                broker_connection_retry_on_startup=True, task_ignore_result=True
+                broker_connection_retry_on_startup=True,
+                task_ignore_result=True,
+                task_routes=settings.CELERY_TASK_ROUTES,
+                task_default_queue=settings.CELERY_TASK_DEFAULT_QUEUE,
             )
         return self._client
 
