@@ -12,7 +12,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.lock requirements-dev.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	# --no-deps: the lock is already the whole closure; without it pip 23 re-resolves extras
+	# such as pytest-cov's coverage[toml] and refuses them as unpinned.
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
