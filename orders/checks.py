@@ -1,11 +1,14 @@
 """Start-up checks for the timing settings whose order prevents double execution.
 The reasons are in config/settings/base.py, beside the numbers."""
 
+import math
 from typing import Any
 
 from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
+
+from config import broker
 
 # Email backends that deliver nothing: fine for a laptop or a test, never for customers.
 NON_DELIVERING_EMAIL_BACKENDS = frozenset(
@@ -20,7 +23,13 @@ NON_DELIVERING_EMAIL_BACKENDS = frozenset(
 
 def timing_errors() -> list[str]:
     s = settings
-    visibility = s.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    # RabbitMQ has no visibility timeout: an unacknowledged message returns only when its
+    # consumer's connection closes.
+    visibility = (
+        math.inf
+        if broker.is_amqp(s.CELERY_BROKER_URL)
+        else s.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    )
     rules = [
         (
             s.PROVIDER_TIMEOUT_SECONDS < s.CELERY_TASK_SOFT_TIME_LIMIT,

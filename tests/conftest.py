@@ -49,7 +49,26 @@ def product(db):
 
 # --- The real pipeline: a Celery worker in this process, the sandbox over real HTTP ------------
 @pytest.fixture(scope="session")
-def celery_session_app(django_db_setup, django_db_blocker):
+def broker_url():
+    """The run's broker: Redis, or with BROKER_UNDER_TEST=rabbitmq a virtual host of the run's own
+    on the local RabbitMQ, created here and deleted when the run ends."""
+    from django.conf import settings
+
+    from config.broker import is_amqp
+    from tests import rabbitmq
+
+    url = settings.CELERY_BROKER_URL
+    if not is_amqp(url):
+        yield url
+        return
+    vhost = rabbitmq.vhost_of(url)
+    rabbitmq.vhost_create(vhost)
+    yield url
+    rabbitmq.vhost_delete(vhost)
+
+
+@pytest.fixture(scope="session")
+def celery_session_app(broker_url, django_db_setup, django_db_blocker):
     from config.celery import app
 
     app.control.purge()

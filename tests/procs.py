@@ -32,7 +32,10 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+from kombu.exceptions import OperationalError
 
+from config.broker import is_amqp, order_queues, transport_options
+from tests import rabbitmq
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +68,10 @@ _OWN_NAMES = {
     "DEFAULT_FROM_EMAIL",
     "LOG_LEVEL",
 }
+
+
+# What a broker client raises when its broker is away (a restarted Redis or RabbitMQ).
+BROKER_ERRORS = (redis.RedisError, OSError, OperationalError)
 
 
 class ProcessFailed(RuntimeError):
@@ -282,13 +289,26 @@ class Stack:
     """Redis, SMTP, the web server, workers and beat for one test. Use `stop()` (or the
     `stack_factory` fixture, which always does) to tear everything down."""
 
-    def __init__(self, *, db_name: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        db_name: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        broker: str = "redis",
+        rabbitmq_url: str = "",
+    ) -> None:
         self.db_name = db_name
         self.log_dir = log_dir
         self.overrides = {k: str(v) for k, v in (env or {}).items()}
         # Names the children's database connections, so that teardown closes exactly those.
         self.app_name = f"procs-{uuid.uuid4().hex[:8]}"
         self.redis = RedisServer(log_dir=log_dir)
+        # The broker: the private Redis, or a virtual host of this stack's own on the local
+        # RabbitMQ (Redis still holds the locks, the cache and the throttles).
+        self.broker = broker
+        self.vhost = f"stack-{self.app_name}" if broker == "rabbitmq" else ""
+        self.rabbitmq_url = rabbitmq_url
         self.smtp = SmtpServer()
         self.web_port = free_port()
         self.web: Proc | None = None
@@ -304,6 +324,12 @@ class Stack:
     @property
     def web_url(self) -> str:
         return f"http://{HOST}:{self.web_port}"
+
+    @property
+    def broker_url(self) -> str:
+        if self.vhost:
+            return f"{self.rabbitmq_url}/{self.vhost}"
+        return self.redis.url
 
     @property
     def metrics_dir(self) -> Path:
@@ -322,6 +348,7 @@ class Stack:
                 "DJANGO_SETTINGS_MODULE": "config.settings.test",
                 "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{self.db_name}?application_name={self.app_name}",
                 "REDIS_URL": self.redis.url,
+                "CELERY_BROKER_URL": self.broker_url,
                 "SANDBOX_URL": f"{self.web_url}/sandbox/",
                 "EMAIL_HOST": HOST,
                 "EMAIL_PORT": str(self.smtp.port),
@@ -420,6 +447,8 @@ class Stack:
         """Start Redis and SMTP, then the web server, workers and beat side by side, and wait
         until each is ready."""
         self.redis.start()
+        if self.vhost:
+            rabbitmq.vhost_create(self.vhost)
         self.smtp.start()
         self.web = self._web_proc(workers=web_workers, threads=web_threads).start()
         started = [self._worker_proc(concurrency=concurrency).start() for _ in range(workers)]
@@ -552,14 +581,18 @@ class Stack:
             from celery import Celery
 
             self._client = Celery(
-                f"client-{self.app_name}", broker=self.redis.url, set_as_current=False
+                f"client-{self.app_name}", broker=self.broker_url, set_as_current=False
             )
             from django.conf import settings
 
-            # Routed as the project routes: each task to its step's queue.
+            # Routed and declared as the project does: each task to its step's queue.
             self._client.conf.update(
                 broker_connection_retry_on_startup=True,
+                broker_transport_options=transport_options(self.broker_url, redis={}),
                 task_ignore_result=True,
+                task_queues=order_queues(
+                    self.broker_url, delivery_limit=settings.ORDER_QUEUE_DELIVERY_LIMIT
+                ),
                 task_routes=settings.CELERY_TASK_ROUTES,
                 task_default_queue=settings.CELERY_TASK_DEFAULT_QUEUE,
             )
@@ -573,7 +606,7 @@ class Stack:
                     destination=[proc.nodename], timeout=timeout
                 ).active()
                 return (replies or {}).get(proc.nodename, [])
-            except (redis.RedisError, OSError):
+            except BROKER_ERRORS:
                 if attempt:
                     raise
                 # The pooled connection died with a Redis restart: start over with a new client.
@@ -587,7 +620,7 @@ class Stack:
             try:
                 replies = self.celery.control.inspect(timeout=timeout).active() or {}
                 break
-            except (redis.RedisError, OSError):
+            except BROKER_ERRORS:
                 if attempt:
                     raise
                 self._client.close()
@@ -597,6 +630,39 @@ class Stack:
         ]
         running, proc = max(counts, key=lambda c: c[0], default=(0, None))
         return proc, running
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages in each of the orders' queues, waiting or handed out and not yet
+        acknowledged, as the broker counts them."""
+        from config.broker import ORDER_QUEUES
+
+        if self.vhost:
+            depths = rabbitmq.queue_depths(self.vhost)
+            return {name: depths.get(name, 0) for name in ORDER_QUEUES}
+        r = redis.Redis.from_url(self.redis.url)
+        depths = {name: r.llen(name) for name in ORDER_QUEUES}
+        depths["unacked"] = r.hlen("unacked")  # kombu's Redis transport keeps them apart
+        return depths
+
+    def stop_broker(self) -> None:
+        """Stop the broker: the private Redis loses everything in it; RabbitMQ closes every
+        connection, refuses new ones and keeps its quorum queues."""
+        if self.vhost:
+            rabbitmq.stop_app()
+        else:
+            self.redis.stop()
+
+    def start_broker(self) -> None:
+        if self.vhost:
+            rabbitmq.start_app()
+        else:
+            self.redis.start()
+            self.redis.restarts += 1
+
+    def restart_broker(self, *, down_for: float = 1.5) -> None:
+        self.stop_broker()
+        time.sleep(down_for)
+        self.start_broker()
 
     def logs(self) -> str:
         procs = (
@@ -621,6 +687,13 @@ class Stack:
         if self._client is not None:
             self._client.close()
         self.redis.stop()
+        if self.vhost:
+            try:
+                if not rabbitmq.answers(rabbitmq.AMQP_PORT):  # a test stopped it and failed
+                    rabbitmq.start_app()
+                rabbitmq.vhost_delete(self.vhost)
+            except Exception as exc:  # noqa: BLE001 - keep going, as above
+                errors.append(exc)
         self.smtp.stop()
         _close_connections(self.app_name)
         if errors:
@@ -676,12 +749,19 @@ def stack_factory(transactional_db, tmp_path):
 
     stacks: list[Stack] = []
 
-    def make(*, env: dict | None = None, start: bool = True, **options) -> Stack:
+    def make(*, env: dict | None = None, start: bool = True, broker: str = "", **options) -> Stack:
         """A stack, started with `options` unless `start=False` (the test starts it later,
-        e.g. once it has prepared a database of its own)."""
+        e.g. once it has prepared a database of its own). Its broker is the run's
+        (BROKER_UNDER_TEST) unless `broker` names one ("redis" or "rabbitmq")."""
         log_dir = tmp_path / f"stack{len(stacks)}"
         log_dir.mkdir()
-        stack = Stack(db_name=settings.DATABASES["default"]["NAME"], log_dir=log_dir, env=env)
+        stack = Stack(
+            db_name=settings.DATABASES["default"]["NAME"],
+            log_dir=log_dir,
+            env=env,
+            broker=broker or ("rabbitmq" if is_amqp(settings.CELERY_BROKER_URL) else "redis"),
+            rabbitmq_url=settings.RABBITMQ_URL,
+        )
         stacks.append(stack)
         if start:
             stack.start(**options)

@@ -1,4 +1,4 @@
-"""Make sure PostgreSQL and Redis answer before the suite starts, starting them if not
+"""Make sure PostgreSQL, Redis and RabbitMQ answer before the suite starts, starting them if not
 (the commands are the ones this project's CI machines use)."""
 
 import glob
@@ -13,6 +13,8 @@ START_COMMANDS = {
         'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
         "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log"
     ),
+    # The port answers before the broker is ready to take connections; await_startup waits.
+    5672: "rabbitmq-server -detached && rabbitmqctl await_startup --timeout 120",
 }
 
 
@@ -33,7 +35,7 @@ def ensure_services() -> None:
         if port == 5432 and not glob.glob("/etc/postgresql/*"):
             continue  # no local cluster: DATABASE_URL points elsewhere
         subprocess.run(command, shell=True, check=False, capture_output=True)
-        for _ in range(60):
+        for _ in range(120):
             if answers(port):
                 break
             time.sleep(0.5)

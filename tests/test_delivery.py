@@ -143,7 +143,7 @@ def test_a_charge_whose_answer_times_out_is_replayed_not_repeated(stack_factory)
     assert_charged_once(stack, order)
 
 
-@pytest.mark.xfail(
+REDIS_RESTART_EXIT = pytest.mark.xfail(
     strict=True,
     reason=(
         "celery 5.7.0 / kombu 5.7.0: on a lost broker connection the consumer collect()s the "
@@ -154,9 +154,14 @@ def test_a_charge_whose_answer_times_out_is_replayed_not_repeated(stack_factory)
         "restarts dies; a process supervisor must start it again (the chaos test does)."
     ),
 )
-def test_a_busy_worker_survives_a_redis_restart(stack_factory):
+
+
+@pytest.mark.parametrize("broker", [pytest.param("redis", marks=REDIS_RESTART_EXIT), "rabbitmq"])
+def test_a_busy_worker_survives_a_broker_restart(stack_factory, broker):
+    """A worker in the middle of a charge when its broker restarts. Expected: it stays up and
+    goes on. RabbitMQ: it does. Redis: Celery 5.7 exits (the strict xfail's reason)."""
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
-    stack = stack_factory(env=SLOW_GATEWAY, workers=1)
+    stack = stack_factory(env=SLOW_GATEWAY, workers=1, broker=broker)
     [worker] = stack.workers
     place_as_new_customer(stack.web_url, order_payload(("MUG-001", 1)))
     wait_for(
@@ -166,19 +171,21 @@ def test_a_busy_worker_survives_a_redis_restart(stack_factory):
         what="charge_payment to run",
     )
 
-    stack.redis.restart(down_for=1.0)
+    stack.restart_broker(down_for=1.0)
 
     time.sleep(5)
     assert worker.alive, worker.tail()
 
 
-def test_a_step_done_while_the_broker_is_down_is_not_undone(stack_factory):
-    """create_shipment succeeds while Redis is down, so Celery cannot publish the chain's next
-    step and reports the task as failed. The order must not be failed (and refunded) for it:
-    the recovery sweep resumes it once Redis is back."""
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_a_step_done_while_the_broker_is_down_is_not_undone(stack_factory, broker):
+    """create_shipment succeeds while the broker is down, so Celery cannot publish the chain's
+    next step and reports the task as failed. The order must not be failed (and refunded) for
+    it: it goes on once the broker is back (RabbitMQ redelivers the unacknowledged step, whose
+    work is recorded; on Redis the recovery sweep resumes it)."""
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     env = {**SLOW_GATEWAY, "ORDER_STALL_SECONDS": "12", "ORDER_SWEEP_INTERVAL_SECONDS": "1"}
-    stack = stack_factory(env=env, workers=1, beat=True)
+    stack = stack_factory(env=env, workers=1, beat=True, broker=broker)
     [worker] = stack.workers
     order_id = place_as_new_customer(stack.web_url, order_payload(("MUG-001", 1)))
     wait_for(
@@ -188,16 +195,16 @@ def test_a_step_done_while_the_broker_is_down_is_not_undone(stack_factory):
         what="create_shipment to run",
     )
 
-    stack.redis.stop()
+    stack.stop_broker()
     # The carrier answers after 2.5 s; Celery then fails to publish send_confirmation_email.
     wait_for(
         lambda: Shipment.objects.filter(order_id=order_id).exists(), timeout=10, what="the shipment"
     )
     time.sleep(3)
-    stack.redis.start()
-    with stack.supervising():  # celery 5.7: a busy worker exits when the broker goes away
+    stack.start_broker()
+    with stack.supervising():  # celery 5.7: a busy worker exits when Redis goes away
         [order] = wait_for_orders([order_id], timeout=60)
 
     assert order.status == "completed", timeline(order)
-    assert ("recovery", "resumed") in timeline(order)
+    assert not order.failure_reason
     assert_charged_once(stack, order)

@@ -135,6 +135,7 @@ def test_orders_placed_while_redis_is_down_are_accepted_and_start_when_it_is_bac
         env={"ORDER_DISPATCH_RELAY_SECONDS": "1", "THROTTLE_ORDER_CREATE_RATE": "1000/min"},
         workers=1,
         beat=True,
+        broker="redis",  # Redis as broker too: everything it serves goes down at once
     )
     api = api_session(TokenFactory(user=UserFactory()).key, stack.web_url)
 

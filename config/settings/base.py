@@ -5,7 +5,8 @@ from typing import Any
 
 import environ
 import structlog
-from kombu import Queue
+
+from config import broker
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -227,8 +228,23 @@ ORDER_EMAIL_DEADLINE_SECONDS = env.int("ORDER_EMAIL_DEADLINE_SECONDS", default=2
 IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
 
 # --- Celery ------------------------------------------------------------------------------
+# Redis by default; an amqp:// URL runs every queue on RabbitMQ (config/broker.py says what
+# changes, the README's "Brokers" section why).
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+# Redis hands an unacknowledged message to another worker after visibility_timeout; the
+# timing above keeps every run, lock and countdown shorter than that.
+REDIS_TRANSPORT_OPTIONS: dict[str, Any] = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_BROKER_TRANSPORT_OPTIONS = broker.transport_options(
+    CELERY_BROKER_URL, redis=REDIS_TRANSPORT_OPTIONS
+)
+# RabbitMQ: a message handed out this many times without an ack (a poison message that kills
+# every worker taking it) is dropped; the sweep resends its order's step as a new message.
+# 20 is RabbitMQ 4's own default: a handful of worker kills or broker restarts never reach it.
+ORDER_QUEUE_DELIVERY_LIMIT = env.int("ORDER_QUEUE_DELIVERY_LIMIT", default=20)
+# RabbitMQ: a connection whose peer went silent (a cut network, not a closed socket) is
+# noticed after about two heartbeats; Celery's default of 120 s would leave a cut-off worker's
+# consumer looking alive for four minutes.
+CELERY_BROKER_HEARTBEAT = env.int("CELERY_BROKER_HEARTBEAT", default=30)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Running tasks finish when the broker connection drops (e.g. Redis restarts); their
 # messages may be gone, which the recovery sweep covers.
@@ -260,14 +276,10 @@ CELERY_TASK_SEND_SENT_EVENT = True
 # `celery -A config worker` consumes every queue below; `-Q orders.payments` runs a worker
 # for payments alone (docker-compose runs one worker per group). Tasks are routed by name,
 # so the web process needs no task code to send them to the right queue.
-ORDER_QUEUES = (
-    "orders.stock",
-    "orders.payments",
-    "orders.shipping",
-    "orders.email",
-    "orders.maintenance",
+ORDER_QUEUES = broker.ORDER_QUEUES
+CELERY_TASK_QUEUES = broker.order_queues(
+    CELERY_BROKER_URL, delivery_limit=ORDER_QUEUE_DELIVERY_LIMIT
 )
-CELERY_TASK_QUEUES = [Queue(name, routing_key=name) for name in ORDER_QUEUES]
 CELERY_TASK_DEFAULT_QUEUE = "orders.maintenance"
 CELERY_TASK_ROUTES = {
     "orders.reserve_stock": {"queue": "orders.stock"},

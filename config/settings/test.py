@@ -1,15 +1,33 @@
 """The test suite: real PostgreSQL and Redis, never eager Celery."""
 
+from config import broker
+
 from .base import *  # noqa: F403
-from .base import INSTALLED_APPS, REDIS_CACHE_OPTIONS, database_from_env, env
+from .base import (
+    INSTALLED_APPS,
+    ORDER_QUEUE_DELIVERY_LIMIT,
+    REDIS_CACHE_OPTIONS,
+    database_from_env,
+    env,
+)
 
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="test-only-insecure-key")
 DATABASES = {"default": database_from_env("postgres://postgres@127.0.0.1:5432/test")}
-DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default="test_orders")}
+TEST_DATABASE_NAME = env("TEST_DATABASE_NAME", default="test_orders")
+DATABASES["default"]["TEST"] = {"NAME": TEST_DATABASE_NAME}
 # Database 1, so a developer's `make run` (database 0) never shares queues with the tests.
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/1")
 LOCK_REDIS_URL = env("LOCK_REDIS_URL", default=REDIS_URL)
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+# BROKER_UNDER_TEST=rabbitmq runs the suite's Celery traffic through the local RabbitMQ, in a
+# virtual host of this run's own, named after its test database (tests/conftest.py creates it
+# and deletes it afterwards), so that concurrent runs never share a queue.
+# (Not TEST_BROKER: celery.contrib.testing reads that name as a broker host name.)
+BROKER_UNDER_TEST = env("BROKER_UNDER_TEST", default="redis")
+RABBITMQ_URL = env("RABBITMQ_URL", default="amqp://guest:guest@127.0.0.1:5672")
+RUN_VHOST_URL = f"{RABBITMQ_URL}/{TEST_DATABASE_NAME}"
+CELERY_BROKER_URL = env(
+    "CELERY_BROKER_URL", default=RUN_VHOST_URL if BROKER_UNDER_TEST == "rabbitmq" else REDIS_URL
+)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -31,12 +49,18 @@ TASK_LOCK_TIMEOUT = env.int("TASK_LOCK_TIMEOUT", default=40)
 TASK_RETRY_BACKOFF_MAX = env.int("TASK_RETRY_BACKOFF_MAX", default=2)
 ORDER_STALL_SECONDS = env.int("ORDER_STALL_SECONDS", default=60)
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=600)
-CELERY_BROKER_TRANSPORT_OPTIONS = {
+REDIS_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     # kombu looks for messages left unacknowledged by a dead worker every interval x throttle
     # seconds (100 s by default); the chaos test shortens it to see them redelivered.
     "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
     "unacked_restore_throttle": env.int("CELERY_UNACKED_RESTORE_THROTTLE", default=10),
 }
+CELERY_BROKER_TRANSPORT_OPTIONS = broker.transport_options(
+    CELERY_BROKER_URL, redis=REDIS_TRANSPORT_OPTIONS
+)
+CELERY_TASK_QUEUES = broker.order_queues(
+    CELERY_BROKER_URL, delivery_limit=ORDER_QUEUE_DELIVERY_LIMIT
+)
 # Static files straight from the apps (no collectstatic), so gunicorn serves the admin's CSS.
 WHITENOISE_USE_FINDERS = True

@@ -1,0 +1,65 @@
+"""The broker-dependent Celery settings: the orders' queues and the transport options.
+
+Redis is the embedded default (`make run`, the tests); RabbitMQ is the production broker
+once one machine is not enough. `CELERY_BROKER_URL` decides, and these functions turn it into
+the settings that differ between the two. config/settings/base.py calls them, and
+config/settings/test.py again after choosing its own broker. The README's "Brokers" section
+gives the reasons at length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
+# The step queues: a backlog of emails or a slow carrier never delays a charge.
+ORDER_QUEUES = (
+    "orders.stock",
+    "orders.payments",
+    "orders.shipping",
+    "orders.email",
+    "orders.maintenance",
+)
+
+
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.split("://", 1)[0].lower() in AMQP_SCHEMES
+
+
+def order_queues(broker_url: str, *, delivery_limit: int) -> list[Queue]:
+    """The five step queues, each bound under its own name as routing key.
+
+    On RabbitMQ they are quorum queues (replicated and durable, and they survive a broker
+    restart with their messages), on a topic exchange: Celery's native delayed delivery,
+    which countdown retries need on quorum queues, re-routes a delayed message through its
+    own topic exchanges and cannot reach a queue bound to a direct one. `x-delivery-limit`
+    drops a message that has been handed out `delivery_limit` times without being
+    acknowledged (a poison message that kills every worker that takes it); its order is
+    stalled, and the recovery sweep sends it again as a new message. On Redis these
+    arguments mean nothing, so the queues stay plain.
+    """
+    if not is_amqp(broker_url):
+        return [Queue(name, routing_key=name) for name in ORDER_QUEUES]
+    exchange = Exchange("orders", type="topic", durable=True)
+    arguments = {"x-queue-type": "quorum", "x-delivery-limit": delivery_limit}
+    return [
+        Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
+        for name in ORDER_QUEUES
+    ]
+
+
+def transport_options(broker_url: str, *, redis: dict[str, Any]) -> dict[str, Any]:
+    """kombu's transport options for the broker: `redis` on Redis, the AMQP ones otherwise.
+
+    On RabbitMQ every publish waits for the broker's confirm (publisher confirms): a message
+    the broker did not take raises instead of vanishing, so the dispatcher remembers the
+    order for the relay. Redis has no visibility timeout's counterpart to configure on
+    RabbitMQ: an unacknowledged message comes back as soon as its consumer's connection
+    closes (a killed worker), not after an hour.
+    """
+    if is_amqp(broker_url):
+        return {"confirm_publish": True}
+    return dict(redis)

@@ -1,0 +1,65 @@
+"""The local RabbitMQ, driven with rabbitmqctl: a virtual host per test run or per stack (so
+concurrent runs never share a queue), and a restart of the broker for the tests that need one."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from urllib.parse import unquote, urlsplit
+
+from tests.services import answers
+
+AMQP_PORT = 5672
+
+
+def _ctl(*args: str, timeout: float = 120) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip() or done.stdout}")
+    return done.stdout
+
+
+def vhost_of(url: str) -> str:
+    return unquote(urlsplit(url).path.lstrip("/")) or "/"
+
+
+def vhost_create(name: str) -> None:
+    """A fresh, empty virtual host that guest may use (an old one of the same name is
+    dropped first: a run that was killed leaves its queues behind)."""
+    vhost_delete(name)
+    _ctl("add_vhost", name)
+    _ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+
+
+def vhost_delete(name: str) -> None:
+    if name in _ctl("list_vhosts", "--quiet", "--no-table-headers").split():
+        _ctl("delete_vhost", name)
+
+
+def queue_depths(vhost: str) -> dict[str, int]:
+    """Ready messages per queue, as the broker counts them."""
+    out = _ctl("list_queues", "-p", vhost, "--quiet", "--no-table-headers", "name", "messages")
+    depths = {}
+    for line in out.splitlines():
+        name, _, count = line.rpartition("\t")
+        if name:
+            depths[name] = int(count)
+    return depths
+
+
+def stop_app() -> None:
+    """Stop the broker's application (the node stays up): every connection is closed and new
+    ones are refused, as when the broker restarts."""
+    _ctl("stop_app")
+
+
+def start_app(*, timeout: float = 120) -> None:
+    _ctl("start_app")
+    _ctl("await_startup", "--timeout", str(int(timeout)))
+    deadline = time.monotonic() + timeout
+    while not answers(AMQP_PORT):
+        if time.monotonic() > deadline:
+            raise RuntimeError("RabbitMQ's port did not answer after start_app")
+        time.sleep(0.2)
