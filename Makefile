@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format lock migrate seed bench clean
+.PHONY: install run test test-rabbitmq test-fast lint format lock migrate seed bench clean
 
 $(STAMP): requirements.lock requirements-dev.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -32,10 +32,17 @@ run: seed
 	rm -rf .prometheus  # metrics of an earlier run
 	$(BIN)/honcho start -f Procfile
 
-## make test: install and run the whole suite, slow end-to-end tests included, measuring
-## coverage (printed; the floor is fail_under in pyproject.toml).
+## make test: install and run the whole suite on Redis, slow end-to-end tests included, then
+## the broker-dependent tests (marker `brokers`: the workflow, delivery, chaos tests) again on
+## RabbitMQ, measuring coverage over both (printed; the floor is fail_under in pyproject.toml).
 test: install
-	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cov --cov-report= $(PYTEST_ARGS)
+	BROKER_UNDER_TEST=rabbitmq $(BIN)/python -m pytest -m brokers --cov --cov-append \
+	  --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+
+## make test-rabbitmq: only the second half of `make test`.
+test-rabbitmq: install
+	BROKER_UNDER_TEST=rabbitmq $(BIN)/python -m pytest -m brokers $(PYTEST_ARGS)
 
 ## make test-fast: skip the tests that start real processes.
 test-fast: install

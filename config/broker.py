@@ -9,9 +9,13 @@ gives the reasons at length.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from kombu import Exchange, Queue
+import redis
+from amqp.exceptions import AMQPError, NotFound
+from kombu import Connection, Exchange, Queue
+from kombu.exceptions import OperationalError
 
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
@@ -23,6 +27,10 @@ ORDER_QUEUES = (
     "orders.email",
     "orders.maintenance",
 )
+
+
+# What either broker's client raises when the broker is down or refuses a request.
+BROKER_ERRORS = (redis.RedisError, OSError, OperationalError, AMQPError)
 
 
 def is_amqp(broker_url: str) -> bool:
@@ -63,3 +71,29 @@ def transport_options(broker_url: str, *, redis: dict[str, Any]) -> dict[str, An
     if is_amqp(broker_url):
         return {"confirm_publish": True}
     return dict(redis)
+
+
+def queue_depths(broker_url: str, queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each queue, asked of the broker now: Redis's list lengths, or
+    RabbitMQ's ready-message counts (a passive declare, which changes nothing; the management
+    statistics lag by seconds). Empty when the broker is down: no figure rather than a wrong
+    one."""
+    try:
+        if not is_amqp(broker_url):
+            client = redis.Redis.from_url(broker_url, socket_timeout=1, socket_connect_timeout=1)
+            return {queue: int(client.llen(queue)) for queue in queues}
+        with Connection(broker_url, connect_timeout=1) as conn:
+            return {queue: _ready_messages(conn, queue) for queue in queues}
+    except BROKER_ERRORS:
+        return {}
+
+
+def _ready_messages(conn: Connection, queue: str) -> int:
+    channel: Any = conn.channel()  # its own: a passive declare of a missing queue closes it
+    try:
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except NotFound:
+        return 0  # not declared yet: nothing was ever sent to it
+    finally:
+        if channel.is_open:
+            channel.close()

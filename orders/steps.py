@@ -172,6 +172,20 @@ def charge_payment(*, order_id: OrderId, attempt: int) -> None:
 
     with transaction.atomic():
         order = lock_order(order_id)
+        # The fence: this run's lock may have expired during the call (its worker was cut
+        # off from Redis and the database for longer than TASK_LOCK_TIMEOUT) and another copy
+        # may have charged with the same key, recorded it and moved the order on. The order's
+        # state, read under its row lock, decides, not the lock: a late write to an order that
+        # went on would overwrite what the other copy did.
+        if order.status not in (OrderStatus.PAYING, *COMPENSATED_STATUSES):
+            _skip(
+                order,
+                Step.CHARGE_PAYMENT,
+                attempt,
+                f"order is {order.status}: another run recorded the charge",
+                reason_code="already_done",
+            )
+            return
         payment = Payment.objects.select_for_update().get(order=order)
         if not result.captured:
             payment.status = PaymentStatus.DECLINED

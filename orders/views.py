@@ -8,24 +8,19 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from amqp.exceptions import AMQPError
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from kombu import Connection
-from kombu.exceptions import OperationalError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge
 
-from config.broker import is_amqp
+from config.broker import queue_depths
 from config.celery import app as celery_app
 
 from . import metrics as order_metrics
 from .models import TERMINAL_STATUSES, Order
 from .selectors import orders_stalled
-
-# What either broker's client raises when the broker is down or refuses a request.
-BROKER_ERRORS = (redis.RedisError, OSError, OperationalError, AMQPError)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -70,23 +65,6 @@ def _broker(url: str) -> Callable[[], None]:
             conn.connect()
 
     return connect
-
-
-def _queue_depths(url: str) -> dict[str, int]:
-    """Messages waiting in each of the orders' queues: Redis's list lengths, or RabbitMQ's
-    message counts (a passive declare changes nothing). Empty when the broker is down."""
-    try:
-        if not is_amqp(url):
-            client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-            return {queue: client.llen(queue) for queue in settings.ORDER_QUEUES}
-        with Connection(url, connect_timeout=1) as conn:
-            channel: Any = conn.default_channel  # kombu types it as the base StdChannel
-            return {
-                queue: channel.queue_declare(queue=queue, passive=True).message_count
-                for queue in settings.ORDER_QUEUES
-            }
-    except BROKER_ERRORS:
-        return {}  # the broker is down or a queue is not declared yet: no figure, not a wrong one
 
 
 def _workers() -> dict[str, Any]:
@@ -147,6 +125,6 @@ def metrics(request: HttpRequest) -> HttpResponse:
     depth = Gauge(
         "celery_queue_length", "Messages waiting in a Celery queue", ["queue"], registry=gauges
     )
-    for queue, count in _queue_depths(settings.CELERY_BROKER_URL).items():
+    for queue, count in queue_depths(settings.CELERY_BROKER_URL, settings.ORDER_QUEUES).items():
         depth.labels(queue=queue).set(count)
     return HttpResponse(order_metrics.exposition(extra=gauges), content_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ providers' ledgers as their clients would."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -136,10 +137,18 @@ def place(session: requests.Session, payload: dict, **headers: str) -> dict:
 
 def place_as_new_customer(base_url: str, payload: dict) -> str:
     """Place an order as a customer of its own (so no throttle is shared); returns its id."""
+    from django.db import connection
+
     from tests.factories import TokenFactory, UserFactory
 
-    session = api_session(TokenFactory(user=UserFactory()).key, base_url)
-    return place(session, payload)["id"]
+    try:
+        session = api_session(TokenFactory(user=UserFactory()).key, base_url)
+        return place(session, payload)["id"]
+    finally:
+        if threading.current_thread() is not threading.main_thread():
+            # A pool thread's own connection: left open, it keeps the test database from
+            # being dropped.
+            connection.close()
 
 
 def _sandbox_list(base_url: str, path: str, order_id: Any = None) -> list[dict]:

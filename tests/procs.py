@@ -119,6 +119,7 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self.popen: subprocess.Popen | None = None
         self.nodename = ""  # a worker's Celery node name
+        self.spec: dict = {}  # a worker's start_worker() arguments
 
     def start(self) -> Proc:
         with open(self.log_path, "ab") as log:
@@ -408,7 +409,9 @@ class Stack:
         except requests.RequestException:
             return False
 
-    def _worker_proc(self, *, concurrency: int, queues: str = "") -> Proc:
+    def _worker_proc(
+        self, *, concurrency: int, queues: str = "", env: dict[str, str] | None = None
+    ) -> Proc:
         self._worker_seq += 1
         name = f"w{self._worker_seq}"
         argv = [
@@ -426,8 +429,10 @@ class Stack:
             "INFO",
             *(["-Q", queues] if queues else []),  # all the orders' queues unless named
         ]
-        proc = Proc(name, argv, env=self.env(), log_dir=self.log_dir)
+        proc = Proc(name, argv, env={**self.env(), **(env or {})}, log_dir=self.log_dir)
         proc.nodename = f"{name}@{socket.gethostname()}"
+        # What a supervisor would start again in its place (replace_crashed_workers).
+        proc.spec = {"concurrency": concurrency, "queues": queues, "env": env}
         return proc
 
     @staticmethod
@@ -526,9 +531,17 @@ class Stack:
         return f"http://{HOST}:{public}"
 
     def start_worker(
-        self, *, concurrency: int = 2, wait: bool = True, timeout: float = 60, queues: str = ""
+        self,
+        *,
+        concurrency: int = 2,
+        wait: bool = True,
+        timeout: float = 60,
+        queues: str = "",
+        env: dict[str, str] | None = None,
     ) -> Proc:
-        proc = self._worker_proc(concurrency=concurrency, queues=queues).start()
+        """A worker (all the orders' queues unless `queues` names some), with `env` on top of
+        the stack's environment (e.g. its links through a proxy)."""
+        proc = self._worker_proc(concurrency=concurrency, queues=queues, env=env).start()
         self.workers.append(proc)
         if wait:
             proc.wait_ready(self._worker_ready(proc), timeout=timeout)
@@ -548,7 +561,7 @@ class Stack:
             proc.kill()  # reap it, and whatever it left behind in its group
             self.workers.remove(proc)
             self.crashed_workers.append(proc)
-            self.start_worker(wait=False)
+            self.start_worker(wait=False, **proc.spec)
         return crashed
 
     @contextmanager
@@ -632,16 +645,15 @@ class Stack:
         return proc, running
 
     def queue_depths(self) -> dict[str, int]:
-        """Messages in each of the orders' queues, waiting or handed out and not yet
-        acknowledged, as the broker counts them."""
-        from config.broker import ORDER_QUEUES
+        """Messages waiting in each of the orders' queues, as the broker counts them now (on
+        Redis also those handed out and not yet acknowledged, under "unacked")."""
+        from config.broker import ORDER_QUEUES, queue_depths
 
-        if self.vhost:
-            depths = rabbitmq.queue_depths(self.vhost)
-            return {name: depths.get(name, 0) for name in ORDER_QUEUES}
-        r = redis.Redis.from_url(self.redis.url)
-        depths = {name: r.llen(name) for name in ORDER_QUEUES}
-        depths["unacked"] = r.hlen("unacked")  # kombu's Redis transport keeps them apart
+        depths = queue_depths(self.broker_url, ORDER_QUEUES)
+        if len(depths) != len(ORDER_QUEUES):
+            raise RuntimeError(f"the broker at {self.broker_url} did not answer")
+        if not self.vhost:  # kombu's Redis transport keeps the unacknowledged apart
+            depths["unacked"] = redis.Redis.from_url(self.redis.url).hlen("unacked")
         return depths
 
     def stop_broker(self) -> None:

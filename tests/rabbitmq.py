@@ -38,17 +38,6 @@ def vhost_delete(name: str) -> None:
         _ctl("delete_vhost", name)
 
 
-def queue_depths(vhost: str) -> dict[str, int]:
-    """Ready messages per queue, as the broker counts them."""
-    out = _ctl("list_queues", "-p", vhost, "--quiet", "--no-table-headers", "name", "messages")
-    depths = {}
-    for line in out.splitlines():
-        name, _, count = line.rpartition("\t")
-        if name:
-            depths[name] = int(count)
-    return depths
-
-
 def stop_app() -> None:
     """Stop the broker's application (the node stays up): every connection is closed and new
     ones are refused, as when the broker restarts."""

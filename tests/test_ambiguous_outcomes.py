@@ -25,7 +25,7 @@ from tests.helpers import (
 )
 from tests.procs import timing_errors_under
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.brokers]
 
 # Short timings in the order orders/checks.py demands: retries are used up within seconds
 # and the sweep (every second) resumes an order idle for 8 s.

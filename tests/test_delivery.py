@@ -46,6 +46,7 @@ def test_timing_of_these_tests_is_in_order():
     assert timing_errors_under(SLOW_GATEWAY) == []
 
 
+@pytest.mark.brokers
 def test_a_pool_process_killed_mid_charge_is_redelivered_and_charges_once(stack_factory):
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     stack = stack_factory(env=SLOW_GATEWAY, workers=1, concurrency=2)
@@ -84,6 +85,7 @@ def test_a_pool_process_killed_mid_charge_is_redelivered_and_charges_once(stack_
     assert Product.objects.get(sku="MUG-001").stock == 9
 
 
+@pytest.mark.brokers
 def test_two_workers_racing_for_one_step_charge_once(stack_factory, monkeypatch):
     product = Product.objects.get(pk=ProductFactory(sku="MUG-001", price="12.50", stock=10).pk)
     env = {**SLOW_GATEWAY, "SANDBOX_LATENCY_MS": "1500"}
@@ -128,6 +130,7 @@ def test_two_workers_racing_for_one_step_charge_once(stack_factory, monkeypatch)
     assert Product.objects.get(pk=product.pk).stock == 8
 
 
+@pytest.mark.brokers
 def test_a_charge_whose_answer_times_out_is_replayed_not_repeated(stack_factory):
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     stack = stack_factory(env={"PROVIDER_TIMEOUT_SECONDS": "1.5"}, workers=1)

@@ -12,6 +12,8 @@ from orders.models import LineReservation, Order, OrderEvent, OrderStatus, Produ
 from tests.factories import ProductFactory, UserFactory
 from tests.helpers import wait_for_order
 
+pytestmark = pytest.mark.brokers
+
 
 @pytest.fixture
 def lost_order(pipeline, monkeypatch):

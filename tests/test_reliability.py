@@ -3,12 +3,15 @@ gateway that times out after it charged. Real worker, sandbox over HTTP."""
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from django.core import mail
 
 from orders import workflow
 from orders.models import Product, Shipment
 from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
 from tests.helpers import place, timeline, wait_for, wait_for_order
+
+pytestmark = pytest.mark.brokers
 
 
 def test_gateway_timeout_after_success_charges_once(live_api, mug, ledger):

@@ -164,6 +164,32 @@ def test_a_capture_that_lands_after_the_cancel_and_its_compensation_is_refunded(
     assert _stock(order) == [10]
 
 
+def test_a_late_capture_from_a_run_whose_lock_expired_is_fenced_off(paying):
+    """Run A calls the gateway and is cut off before it records the answer; its lock expires,
+    and run B charges (same key: the same charge), records it, and the order is shipped.
+    Then A's answer arrives. Expected: A's write is refused by the order's state (the fence),
+    not trusted to its lost lock: the order stays as B left it, nothing is reopened for a
+    refund, and the timeline says A found the work done."""
+
+    def another_run_charges_and_ships_meanwhile() -> None:
+        steps.charge_payment(order_id=paying.id, attempt=2)
+        steps.create_shipment(order_id=paying.id, attempt=1)
+
+    FakeGateway.during_charge = another_run_charges_and_ships_meanwhile
+
+    steps.charge_payment(order_id=paying.id, attempt=1)
+
+    order = Order.objects.get(pk=paying.pk)
+    assert order.status == "confirming"
+    assert order.compensated_at is None
+    [charge] = FakeGateway.ledger(order.id)
+    assert not charge.refunded
+    assert Payment.objects.get(order=order).charge_id == charge.charge_id
+    assert "captured_after_end" not in reason_codes(order)
+    last = order.events.order_by("at", "id").last()
+    assert (last.step, last.outcome, last.attempt) == ("charge_payment", "skipped", 1)
+
+
 # --- Shipment ---------------------------------------------------------------------------------
 @pytest.fixture
 def shipping(paying):

@@ -7,6 +7,8 @@ from orders.models import Product
 from tests.factories import ProductFactory, order_payload
 from tests.helpers import place, timeline, wait_for_order
 
+pytestmark = pytest.mark.brokers
+
 
 @pytest.fixture
 def tee(transactional_db):
