@@ -246,9 +246,16 @@ ORDER_QUEUE_DELIVERY_LIMIT = env.int("ORDER_QUEUE_DELIVERY_LIMIT", default=20)
 # consumer looking alive for four minutes.
 CELERY_BROKER_HEARTBEAT = env.int("CELERY_BROKER_HEARTBEAT", default=30)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Running tasks finish when the broker connection drops (e.g. Redis restarts); their
-# messages may be gone, which the recovery sweep covers.
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# When the broker connection drops, the steps running on it are terminated (Celery 6's
+# default). They could not be acknowledged anyway (their messages come back: RabbitMQ at
+# once, Redis after the visibility timeout, and the sweep covers those a Redis restart lost),
+# and every step is idempotent. Left running, they outlive their time limits: a prefork
+# worker reconnects in its main loop, which meanwhile neither reads the pool's results nor
+# runs the time limits, so a step that finished waits to write its result into a full pipe;
+# once the loop runs again its soft time limit interrupts that write, the half-written result
+# is read as garbage (UnicodeDecodeError), and the worker stops, hanging, never exiting.
+# Measured: tests/test_partition.py on RabbitMQ, which cuts a worker off for 36 s.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 # Results are written only where the canvas reads them (the chord header, see
