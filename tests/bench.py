@@ -1,11 +1,15 @@
-"""Throughput of the order pipeline: `make bench` (BENCH_ARGS="--orders 300 --reuse-max 0").
+"""Throughput of the order pipeline: `make bench` (BENCH_ARGS="--orders 300 --concurrency 1,2,4
+--broker redis,rabbitmq").
 
-Starts a web server (the sandbox providers) and one Celery worker as processes against
-PostgreSQL and Redis database 2, creates N two-line orders (each dispatches its canvas on
-commit) and prints how many orders per second reach `completed`. Not a test: figures only.
+For each broker and each number of worker processes, starts a web server (the sandbox
+providers) and one Celery worker as processes against PostgreSQL (and Redis database 2 for
+the locks, and the broker unless it is RabbitMQ, in a virtual host `bench`), creates N
+two-line orders (each dispatches its canvas on commit) and prints how many orders per second
+reach `completed`, then a Markdown table of all runs. Not a test: figures only.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +18,7 @@ import urllib.request
 
 BENCH_DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench_orders")
 BENCH_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
+BENCH_RABBITMQ = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/bench")
 # How often the bench polls for terminal orders; its own queries are part of what it measures.
 POLL_SECONDS = 0.5
 
@@ -21,12 +26,40 @@ POLL_SECONDS = 0.5
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orders", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=4, help="worker processes")
+    parser.add_argument(
+        "--concurrency", default="4", help="worker processes, or a list of them: 1,2,4"
+    )
+    parser.add_argument(
+        "--broker", default="redis", help="redis, rabbitmq, or both: redis,rabbitmq"
+    )
     parser.add_argument(
         "--reuse-max", type=int, default=200, help="CELERY_DB_REUSE_MAX (0: reconnect per task)"
     )
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one run, in a child
     args = parser.parse_args()
+    if args.one:
+        _one(args)
+        return
+    results = []
+    for broker in args.broker.split(","):
+        for concurrency in args.concurrency.split(","):
+            # Each run in a process of its own: the Celery app's broker is fixed at start.
+            argv = [sys.executable, "-m", "tests.bench", "--one", "--orders", str(args.orders)]
+            argv += ["--broker", broker, "--concurrency", concurrency]
+            argv += ["--reuse-max", str(args.reuse_max)]
+            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            result = json.loads(out.rsplit("RESULT ", 1)[1])
+            print(out.split("RESULT ", 1)[0].strip(), flush=True)
+            results.append(result)
+    print("\n| broker | worker processes | orders | completed | orders/s |\n|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['broker']} | {r['concurrency']} | {r['orders']} | {r['completed']} "
+            f"| {r['orders_per_second']:.1f} |"
+        )
 
+
+def _one(args) -> None:
     from tests.services import ensure_services, free_port
 
     ensure_services()
@@ -38,6 +71,7 @@ def main() -> None:
         "DJANGO_DEBUG": "false",
         "DATABASE_URL": BENCH_DB,
         "REDIS_URL": BENCH_REDIS,
+        "CELERY_BROKER_URL": BENCH_RABBITMQ if args.broker == "rabbitmq" else BENCH_REDIS,
         "SANDBOX_URL": f"http://127.0.0.1:{port}/sandbox/",
         "CELERY_DB_REUSE_MAX": str(args.reuse_max),
         "LOG_LEVEL": "WARNING",
@@ -52,6 +86,10 @@ def main() -> None:
     import redis
 
     redis.Redis.from_url(BENCH_REDIS).flushdb()
+    if args.broker == "rabbitmq":
+        from tests import rabbitmq
+
+        rabbitmq.vhost_create(rabbitmq.vhost_of(BENCH_RABBITMQ))  # empty queues for each run
     user, products = _seed()
 
     bin_dir = os.path.dirname(sys.executable)
@@ -78,7 +116,7 @@ def main() -> None:
                 "config",
                 "worker",
                 "-c",
-                str(args.concurrency),
+                args.concurrency,
                 "--loglevel",
                 "WARNING",
                 "-n",
@@ -165,14 +203,20 @@ def _run(user, products, args) -> None:
         time.sleep(POLL_SECONDS)
     done = time.monotonic()
     completed = Order.objects.filter(pk__in=ids, status="completed").count()
+    rate = args.orders / (done - start)
     print(
-        f"orders: {args.orders}, completed: {completed}, worker processes: {args.concurrency}, "
-        f"CELERY_DB_REUSE_MAX: {args.reuse_max}"
+        f"{args.broker}, {args.concurrency} worker processes, CELERY_DB_REUSE_MAX "
+        f"{args.reuse_max}: {args.orders} orders ({completed} completed) created in "
+        f"{created - start:.1f}s, all terminal after {done - start:.1f}s: {rate:.1f} orders/s"
     )
-    print(
-        f"created in {created - start:.1f}s; all terminal after {done - start:.1f}s: "
-        f"{args.orders / (done - start):.1f} orders/s end to end"
-    )
+    result = {
+        "broker": args.broker,
+        "concurrency": int(args.concurrency),
+        "orders": args.orders,
+        "completed": completed,
+        "orders_per_second": round(rate, 2),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
