@@ -49,14 +49,21 @@ def order_queues(broker_url: str, *, delivery_limit: int) -> list[Queue]:
     stalled, and the recovery sweep sends it again as a new message. On Redis these
     arguments mean nothing, so the queues stay plain.
     """
+    return [queue(name, broker_url, delivery_limit=delivery_limit) for name in ORDER_QUEUES]
+
+
+def queue(name: str, broker_url: str, *, delivery_limit: int, exchange: str = "orders") -> Queue:
+    """One queue, declared as order_queues() says."""
     if not is_amqp(broker_url):
-        return [Queue(name, routing_key=name) for name in ORDER_QUEUES]
-    exchange = Exchange("orders", type="topic", durable=True)
+        return Queue(name, routing_key=name)
     arguments = {"x-queue-type": "quorum", "x-delivery-limit": delivery_limit}
-    return [
-        Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
-        for name in ORDER_QUEUES
-    ]
+    return Queue(
+        name,
+        Exchange(exchange, type="topic", durable=True),
+        routing_key=name,
+        durable=True,
+        queue_arguments=arguments,
+    )
 
 
 def transport_options(broker_url: str, *, redis: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,12 @@ def main() -> None:
     parser.add_argument(
         "--reuse-max", type=int, default=200, help="CELERY_DB_REUSE_MAX (0: reconnect per task)"
     )
+    parser.add_argument(
+        "--what",
+        default="ceiling,pipeline",
+        help="what to run: pipeline, ceiling (bare Celery, the canvas's shape, no-op tasks, "
+        "the pipeline's settings), ceiling-redis (the same, results in Redis); a list",
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one run, in a child
     args = parser.parse_args()
     if args.one:
@@ -43,19 +49,26 @@ def main() -> None:
     results = []
     for broker in args.broker.split(","):
         for concurrency in args.concurrency.split(","):
-            # Each run in a process of its own: the Celery app's broker is fixed at start.
-            argv = [sys.executable, "-m", "tests.bench", "--one", "--orders", str(args.orders)]
-            argv += ["--broker", broker, "--concurrency", concurrency]
-            argv += ["--reuse-max", str(args.reuse_max)]
-            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-            result = json.loads(out.rsplit("RESULT ", 1)[1])
-            print(out.split("RESULT ", 1)[0].strip(), flush=True)
-            results.append(result)
-    print("\n| broker | worker processes | orders | completed | orders/s |\n|---|---|---|---|---|")
+            for what in args.what.split(","):
+                # Each run in a process of its own: the Celery app's broker is fixed at start.
+                argv = [sys.executable, "-m", "tests.bench", "--one", "--orders", str(args.orders)]
+                argv += ["--broker", broker, "--concurrency", concurrency, "--what", what]
+                argv += ["--reuse-max", str(args.reuse_max)]
+                out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+                result = json.loads(out.rsplit("RESULT ", 1)[1])
+                print(out.split("RESULT ", 1)[0].strip(), flush=True)
+                results.append(result)
+    ceilings = {(r["broker"], r["concurrency"]): r for r in results if r["what"] == "ceiling"}
+    print(
+        "\n| broker | worker processes | run | orders | completed | orders/s | of the ceiling |"
+        "\n|---|---|---|---|---|---|---|"
+    )
     for r in results:
+        ceiling = ceilings.get((r["broker"], r["concurrency"]))
+        share = f"{r['orders_per_second'] / ceiling['orders_per_second']:.2f}" if ceiling else ""
         print(
-            f"| {r['broker']} | {r['concurrency']} | {r['orders']} | {r['completed']} "
-            f"| {r['orders_per_second']:.1f} |"
+            f"| {r['broker']} | {r['concurrency']} | {r['what']} | {r['orders']} "
+            f"| {r['completed']} | {r['orders_per_second']:.1f} | {share} |"
         )
 
 
@@ -90,6 +103,9 @@ def _one(args) -> None:
         from tests import rabbitmq
 
         rabbitmq.vhost_create(rabbitmq.vhost_of(BENCH_RABBITMQ))  # empty queues for each run
+    if args.what.startswith("ceiling"):
+        _ceiling(args, env)
+        return
     user, products = _seed()
 
     bin_dir = os.path.dirname(sys.executable)
@@ -135,6 +151,55 @@ def _one(args) -> None:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=30)
+
+
+def _ceiling(args, env: dict) -> None:
+    """Bare Celery: the canvas's shape with no-op tasks, on the same broker, result backend
+    and worker processes as the pipeline (tests/bench_ceiling.py)."""
+    if args.what == "ceiling-redis":
+        env["CEILING_RESULT_BACKEND"] = os.environ["CEILING_RESULT_BACKEND"] = "redis"
+    import redis
+
+    from tests import bench_ceiling
+
+    bin_dir = os.path.dirname(sys.executable)
+    argv = [f"{bin_dir}/celery", "-A", "tests.bench_ceiling", "worker", "-c", args.concurrency]
+    worker = subprocess.Popen([*argv, "--loglevel", "WARNING", "-n", "ceiling@%h"], env=env)
+    counter = redis.Redis.from_url(BENCH_REDIS)
+    try:
+        time.sleep(5)  # the worker's pool
+        start = time.monotonic()
+        for _ in range(args.orders):
+            bench_ceiling.canvas().apply_async()
+        created = time.monotonic()
+        while int(counter.get(bench_ceiling.DONE_KEY) or 0) < args.orders:
+            if time.monotonic() - start > 600:
+                raise SystemExit("gave up after 600 s")
+            time.sleep(0.05)
+        done = time.monotonic()
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    _report(args, completed=args.orders, start=start, created=created, done=done)
+
+
+def _report(args, *, completed: int, start: float, created: float, done: float) -> None:
+    rate = args.orders / (done - start)
+    print(
+        f"{args.what} on {args.broker}, {args.concurrency} worker processes, "
+        f"CELERY_DB_REUSE_MAX {args.reuse_max}: {args.orders} orders ({completed} completed) "
+        f"sent in {created - start:.1f}s, all done after {done - start:.1f}s: "
+        f"{rate:.1f} orders/s"
+    )
+    result = {
+        "what": args.what,
+        "broker": args.broker,
+        "concurrency": int(args.concurrency),
+        "orders": args.orders,
+        "completed": completed,
+        "orders_per_second": round(rate, 2),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 def _create_database(url: str) -> None:
@@ -203,20 +268,7 @@ def _run(user, products, args) -> None:
         time.sleep(POLL_SECONDS)
     done = time.monotonic()
     completed = Order.objects.filter(pk__in=ids, status="completed").count()
-    rate = args.orders / (done - start)
-    print(
-        f"{args.broker}, {args.concurrency} worker processes, CELERY_DB_REUSE_MAX "
-        f"{args.reuse_max}: {args.orders} orders ({completed} completed) created in "
-        f"{created - start:.1f}s, all terminal after {done - start:.1f}s: {rate:.1f} orders/s"
-    )
-    result = {
-        "broker": args.broker,
-        "concurrency": int(args.concurrency),
-        "orders": args.orders,
-        "completed": completed,
-        "orders_per_second": round(rate, 2),
-    }
-    print("RESULT " + json.dumps(result), flush=True)
+    _report(args, completed=completed, start=start, created=created, done=done)
 
 
 if __name__ == "__main__":
