@@ -39,7 +39,8 @@ def main() -> None:
         "--what",
         default="ceiling,pipeline",
         help="what to run: pipeline, ceiling (bare Celery, the canvas's shape, no-op tasks, "
-        "the pipeline's settings), ceiling-redis (the same, results in Redis); a list",
+        "the pipeline's settings), ceiling-redis (the same, results in Redis), ceiling-bare "
+        "and ceiling-bare-redis (on Celery's defaults); a list",
     )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one run, in a child
     args = parser.parse_args()
@@ -156,7 +157,11 @@ def _one(args) -> None:
 def _ceiling(args, env: dict) -> None:
     """Bare Celery: the canvas's shape with no-op tasks, on the same broker, result backend
     and worker processes as the pipeline (tests/bench_ceiling.py)."""
-    if args.what == "ceiling-redis":
+    # ceiling[-bare][-redis]: Celery's defaults instead of the pipeline's settings; results in
+    # Redis instead of PostgreSQL.
+    if "-bare" in args.what:
+        env["CEILING_SETTINGS"] = os.environ["CEILING_SETTINGS"] = "bare"
+    if args.what.endswith("-redis"):
         env["CEILING_RESULT_BACKEND"] = os.environ["CEILING_RESULT_BACKEND"] = "redis"
     import redis
 
@@ -164,7 +169,9 @@ def _ceiling(args, env: dict) -> None:
 
     bin_dir = os.path.dirname(sys.executable)
     argv = [f"{bin_dir}/celery", "-A", "tests.bench_ceiling", "worker", "-c", args.concurrency]
-    worker = subprocess.Popen([*argv, "--loglevel", "WARNING", "-n", "ceiling@%h"], env=env)
+    worker = subprocess.Popen(
+        [*argv, "--loglevel", "WARNING", "-n", "ceiling@%h"], env=env, stdout=subprocess.DEVNULL
+    )
     counter = redis.Redis.from_url(BENCH_REDIS)
     try:
         time.sleep(5)  # the worker's pool

@@ -6,7 +6,8 @@ connection reuse), in a queue of its own.
 
 The last task of each canvas counts itself in Redis; the benchmark waits for the count.
 `CEILING_RESULT_BACKEND=redis` stores the chord's results in Redis instead of PostgreSQL
-(django-celery-results), for the figure beside it.
+(django-celery-results), for the figure beside it; `CEILING_SETTINGS=bare` runs on Celery's
+defaults instead of the pipeline's settings (acks_late, prefetch 1, extended results...).
 """
 
 import os
@@ -22,7 +23,16 @@ QUEUE = "ceiling"
 DONE_KEY = "bench:ceiling:done"
 
 app = Celery("ceiling")
-app.config_from_object("django.conf:settings", namespace="CELERY")
+if os.environ.get("CEILING_SETTINGS") == "bare":
+    # Celery's defaults (no acks_late, prefetch 4, no extended results, no deduplication),
+    # with only the broker, the result backend and the database connection reuse of the
+    # pipeline: what the engine does before the pipeline's delivery guarantees.
+    from django.conf import settings
+
+    app.conf.update(broker_url=settings.CELERY_BROKER_URL, result_backend="django-db")
+    app.conf["CELERY_DB_REUSE_MAX"] = settings.CELERY_DB_REUSE_MAX
+else:
+    app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(
     # One queue, declared as the pipeline's are (a quorum queue on RabbitMQ).
     task_queues=[
