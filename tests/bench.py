@@ -40,7 +40,8 @@ def main() -> None:
         default="ceiling,pipeline",
         help="what to run: pipeline, ceiling (bare Celery, the canvas's shape, no-op tasks, "
         "the pipeline's settings), ceiling-redis (the same, results in Redis), ceiling-bare "
-        "and ceiling-bare-redis (on Celery's defaults); a list",
+        "and ceiling-bare-redis (on Celery's defaults), api and api-busy (POST /api/orders/ "
+        "latency at 1, 16 and 64 clients, workers stopped or running); a list",
     )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one run, in a child
     args = parser.parse_args()
@@ -59,6 +60,21 @@ def main() -> None:
                 result = json.loads(out.rsplit("RESULT ", 1)[1])
                 print(out.split("RESULT ", 1)[0].strip(), flush=True)
                 results.append(result)
+    api = [r for r in results if "api" in r]
+    results = [r for r in results if "api" not in r]
+    if api:
+        print(
+            "\n| run | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |"
+            "\n|---|---|---|---|---|---|---|"
+        )
+        for r in api:
+            for row in r["api"]:
+                print(
+                    f"| {r['what']} | {row['clients']} | {row['per_second']} | {row['p50_ms']} "
+                    f"| {row['p95_ms']} | {row['p99_ms']} | {row['errors']} |"
+                )
+    if not results:
+        return
     ceilings = {(r["broker"], r["concurrency"]): r for r in results if r["what"] == "ceiling"}
     print(
         "\n| broker | worker processes | run | orders | completed | orders/s | of the ceiling |"
@@ -106,6 +122,9 @@ def _one(args) -> None:
         rabbitmq.vhost_create(rabbitmq.vhost_of(BENCH_RABBITMQ))  # empty queues for each run
     if args.what.startswith("ceiling"):
         _ceiling(args, env)
+        return
+    if args.what.startswith("api"):
+        _api(args, env, port)
         return
     user, products = _seed()
 
@@ -188,6 +207,109 @@ def _ceiling(args, env: dict) -> None:
         worker.terminate()
         worker.wait(timeout=30)
     _report(args, completed=args.orders, start=start, created=created, done=done)
+
+
+API_CLIENTS = (1, 16, 64)
+API_SECONDS = 10.0
+
+
+def _api(args, env: dict, port: int) -> None:
+    """`POST /api/orders/` as the shop's clients send it: gunicorn (2 processes x 8 threads),
+    each client a thread with its own token, for API_SECONDS at each of API_CLIENTS; with the
+    workers stopped (`api`) or running (`api-busy`)."""
+    from tests.factories import order_payload
+
+    env = {**env, "THROTTLE_ORDER_CREATE_RATE": "1000000/min"}
+    bin_dir = os.path.dirname(sys.executable)
+    web = [f"{bin_dir}/gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-k", "gthread"]
+    procs = [
+        subprocess.Popen([*web, "-w", "2", "--threads", "8", "--log-level", "warning"], env=env)
+    ]
+    if args.what == "api-busy":
+        worker = [f"{bin_dir}/celery", "-A", "config", "worker", "-c", args.concurrency]
+        procs.append(
+            subprocess.Popen(
+                [*worker, "--loglevel", "WARNING", "-n", "bench@%h"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
+        )
+    tokens = _tokens(max(API_CLIENTS))
+    url = f"http://127.0.0.1:{port}/api/orders/"
+    payload = order_payload(("BENCH-A", 1), ("BENCH-B", 1))
+    rows = []
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/healthz")
+        time.sleep(3)
+        for clients in API_CLIENTS:
+            row = _api_round(url, payload, tokens[:clients])
+            print(f"{args.what}: {row}", flush=True)
+            rows.append(row)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+    result = {"what": args.what, "broker": args.broker, "concurrency": int(args.concurrency)}
+    print("RESULT " + json.dumps({**result, "api": rows}), flush=True)
+
+
+def _api_round(url: str, payload: dict, tokens: list[str]) -> dict:
+    """One client thread per token, posting orders back to back for API_SECONDS."""
+    import threading
+
+    import requests
+
+    latencies: list[float] = []
+    errors: list[int] = []
+    stop_at = time.monotonic() + API_SECONDS
+
+    def client(token: str) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Token {token}"
+        mine, failed = [], 0
+        while time.monotonic() < stop_at:
+            began = time.perf_counter()
+            response = session.post(url, json=payload, timeout=30)
+            mine.append(time.perf_counter() - began)
+            failed += response.status_code != 201
+        latencies.extend(mine)
+        errors.append(failed)
+
+    threads = [threading.Thread(target=client, args=(token,)) for token in tokens]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    took = time.monotonic() - began
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return round(1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))], 1)
+
+    return {
+        "clients": len(tokens),
+        "requests": len(latencies),
+        "errors": sum(errors),
+        "per_second": round(len(latencies) / took, 1),
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+    }
+
+
+def _tokens(count: int) -> list[str]:
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    tokens = []
+    for i in range(count):
+        user, _ = get_user_model().objects.get_or_create(
+            username=f"bench-client-{i}", defaults={"email": f"client{i}@example.com"}
+        )
+        tokens.append(Token.objects.get_or_create(user=user)[0].key)
+    return tokens
 
 
 def _report(args, *, completed: int, start: float, created: float, done: float) -> None:
