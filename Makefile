@@ -60,6 +60,8 @@ format: install
 	$(BIN)/ruff check --fix $(LINT_PATHS)
 	$(BIN)/ruff format $(LINT_PATHS)
 
+## make bench: the pipeline beside the engine's ceiling, the API's latency, the cost of one
+## order (tests/bench.py says what each run does); BENCH_ARGS="--help" lists the options.
 bench: install
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 

@@ -1,11 +1,20 @@
-"""Throughput of the order pipeline: `make bench` (BENCH_ARGS="--orders 300 --concurrency 1,2,4
---broker redis,rabbitmq").
+"""The benchmark: `make bench` (BENCH_ARGS="--orders 500 --concurrency 1,2,4 --broker
+redis,rabbitmq --what ceiling,pipeline,api").
 
-For each broker and each number of worker processes, starts a web server (the sandbox
-providers) and one Celery worker as processes against PostgreSQL (and Redis database 2 for
-the locks, and the broker unless it is RabbitMQ, in a virtual host `bench`), creates N
-two-line orders (each dispatches its canvas on commit) and prints how many orders per second
-reach `completed`, then a Markdown table of all runs. Not a test: figures only.
+For each broker and each number of worker processes, in one session, on PostgreSQL (database
+`bench_orders`, kept between runs) and Redis (database 2; the broker too unless it is
+RabbitMQ, in a virtual host `bench`), each run in a process of its own:
+- `ceiling`: bare Celery running the order canvas's shape with no-op tasks on the pipeline's
+  settings (tests/bench_ceiling.py); `ceiling-redis`, `ceiling-bare`, `ceiling-bare-redis`
+  vary the result backend and the settings;
+- `pipeline`: N two-line orders placed through `POST /api/orders/` by 16 clients, processed by
+  one worker: orders/s end to end, the time from `201` to `completed`, and the cost of one
+  order counted (SQL transactions and rows, Redis commands, provider calls, CPU ms of the
+  web server and the worker);
+- `api`, `api-busy`: `POST /api/orders/` latency and requests/s at 1, 16 and 64 clients, the
+  workers stopped or running.
+Prints every run and Markdown tables (the pipeline's share of its ceiling), and writes them
+to bench/results/<time>.json and .md. Figures, not a test.
 """
 
 import argparse
@@ -15,9 +24,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 BENCH_DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench_orders")
 BENCH_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
 BENCH_RABBITMQ = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/bench")
 # How often the bench polls for terminal orders; its own queries are part of what it measures.
 POLL_SECONDS = 0.5
@@ -60,33 +71,68 @@ def main() -> None:
                 result = json.loads(out.rsplit("RESULT ", 1)[1])
                 print(out.split("RESULT ", 1)[0].strip(), flush=True)
                 results.append(result)
-    api = [r for r in results if "api" in r]
-    results = [r for r in results if "api" not in r]
-    if api:
-        print(
-            "\n| run | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |"
-            "\n|---|---|---|---|---|---|---|"
-        )
-        for r in api:
-            for row in r["api"]:
-                print(
-                    f"| {r['what']} | {row['clients']} | {row['per_second']} | {row['p50_ms']} "
-                    f"| {row['p95_ms']} | {row['p99_ms']} | {row['errors']} |"
-                )
-    if not results:
-        return
-    ceilings = {(r["broker"], r["concurrency"]): r for r in results if r["what"] == "ceiling"}
-    print(
-        "\n| broker | worker processes | run | orders | completed | orders/s | of the ceiling |"
-        "\n|---|---|---|---|---|---|---|"
-    )
+    tables = _tables(results)
+    print("\n" + tables, flush=True)
+    # Kept beside the code: figures of one machine and one day, to compare inside a run.
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS_DIR / f"{stamp}.md").write_text(f"# make bench, {stamp}\n\n{tables}\n")
+    print(f"written to {RESULTS_DIR}/{stamp}.json and .md")
+
+
+def _tables(results: list[dict]) -> str:
+    """The runs as Markdown: the API's latency, the pipeline beside its ceiling, and the cost
+    of one order."""
+    lines = []
     for r in results:
+        for row in r.get("api", []):
+            if not lines:
+                lines += [
+                    "| run | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |",
+                    "|---|---|---|---|---|---|---|",
+                ]
+            lines.append(
+                f"| {r['what']} | {row['clients']} | {row['per_second']} | {row['p50_ms']} "
+                f"| {row['p95_ms']} | {row['p99_ms']} | {row['errors']} |"
+            )
+    runs = [r for r in results if "api" not in r]
+    ceilings = {(r["broker"], r["concurrency"]): r for r in runs if r["what"] == "ceiling"}
+    if runs:
+        lines += [
+            "",
+            (
+                "| broker | worker processes | run | orders | completed | orders/s "
+                "| of the ceiling | created to completed, p50 / p99 s |"
+            ),
+            "|---|---|---|---|---|---|---|---|",
+        ]
+    for r in runs:
         ceiling = ceilings.get((r["broker"], r["concurrency"]))
         share = f"{r['orders_per_second'] / ceiling['orders_per_second']:.2f}" if ceiling else ""
-        print(
-            f"| {r['broker']} | {r['concurrency']} | {r['what']} | {r['orders']} "
-            f"| {r['completed']} | {r['orders_per_second']:.1f} | {share} |"
+        latency = (
+            f"{r['created_to_completed_p50_s']} / {r['created_to_completed_p99_s']}"
+            if "created_to_completed_p50_s" in r
+            else ""
         )
+        lines.append(
+            f"| {r['broker']} | {r['concurrency']} | {r['what']} | {r['orders']} "
+            f"| {r['completed']} | {r['orders_per_second']:.1f} | {share} | {latency} |"
+        )
+    costs = [r for r in runs if "per_order" in r]
+    if costs:
+        names = list(costs[0]["per_order"])
+        lines += [
+            "",
+            "| broker | worker processes | orders in the database | " + " | ".join(names) + " |",
+            "|---|---|---|" + "---|" * len(names),
+        ]
+        for r in costs:
+            figures = " | ".join(str(r["per_order"][name]) for name in names)
+            lines.append(
+                f"| {r['broker']} | {r['concurrency']} | {r['orders_in_database']} | {figures} |"
+            )
+    return "\n".join(lines)
 
 
 def _one(args) -> None:
@@ -123,54 +169,154 @@ def _one(args) -> None:
     if args.what.startswith("ceiling"):
         _ceiling(args, env)
         return
+    _seed()
     if args.what.startswith("api"):
         _api(args, env, port)
         return
-    user, products = _seed()
+    _pipeline(args, env, port)
+
+
+PLACING_CLIENTS = 16
+
+
+def _pipeline(args, env: dict, port: int) -> None:
+    """Orders placed through the API by PLACING_CLIENTS clients, processed by one worker with
+    `--concurrency` processes; orders/s end to end, the time from `201` to `completed`, and
+    the cost of one order, counted."""
+    from tests.factories import order_payload
 
     bin_dir = os.path.dirname(sys.executable)
+    access_log = f"/tmp/bench-access-{port}.log"
+    web = [f"{bin_dir}/gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-k", "gthread"]
+    web += ["-w", "2", "--threads", "8", "--log-level", "warning", "--access-logfile", access_log]
+    worker = [f"{bin_dir}/celery", "-A", "config", "worker", "-c", args.concurrency]
+    worker += ["--loglevel", "WARNING", "-n", "bench@%h"]
     procs = [
-        subprocess.Popen(
-            [
-                f"{bin_dir}/gunicorn",
-                "config.wsgi",
-                "-b",
-                f"127.0.0.1:{port}",
-                "-k",
-                "gthread",
-                "--threads",
-                "8",
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-        ),
-        subprocess.Popen(
-            [
-                f"{bin_dir}/celery",
-                "-A",
-                "config",
-                "worker",
-                "-c",
-                args.concurrency,
-                "--loglevel",
-                "WARNING",
-                "-n",
-                "bench@%h",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        ),  # the console email backend prints every email
+        subprocess.Popen(web, env={**env, "THROTTLE_ORDER_CREATE_RATE": "1000000/min"}),
+        # The console email backend prints every email.
+        subprocess.Popen(worker, env=env, stdout=subprocess.DEVNULL),
     ]
+    tokens = _tokens(PLACING_CLIENTS)
+    payload = order_payload(("BENCH-A", 1), ("BENCH-B", 1))
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz")
         time.sleep(3)  # the worker's pool
-        _run(user, products, args)
+        before = _costs(procs, access_log)
+        start = time.monotonic()
+        ids = _place(f"http://127.0.0.1:{port}/api/orders/", payload, tokens, args.orders)
+        created = time.monotonic()
+        _wait_terminal(ids, start)
+        done = time.monotonic()
+        after = _costs(procs, access_log)
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=30)
+    from orders.models import Order
+
+    orders = Order.objects.filter(pk__in=ids)
+    completed = orders.filter(status="completed")
+    latencies = sorted(
+        (o.updated_at - o.created_at).total_seconds()
+        for o in completed.only("created_at", "updated_at")
+    )
+    per_order = {k: round((after[k] - before[k]) / len(ids), 2) for k in after}
+    extra = {
+        "orders_in_database": Order.objects.count(),
+        "created_to_completed_p50_s": round(latencies[len(latencies) // 2], 2),
+        "created_to_completed_p99_s": round(latencies[int(len(latencies) * 0.99)], 2),
+        "per_order": per_order,
+    }
+    print(f"cost of one order: {per_order}")
+    _report(args, completed=completed.count(), start=start, created=created, done=done, **extra)
+
+
+def _place(url: str, payload: dict, tokens: list[str], count: int) -> list[str]:
+    """POST `count` orders from one thread per token; returns their ids."""
+    import itertools
+    import threading
+
+    import requests
+
+    numbers = itertools.count()
+    ids: list[str] = []
+
+    def client(token: str) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Token {token}"
+        while next(numbers) < count:
+            response = session.post(url, json=payload, timeout=60)
+            response.raise_for_status()
+            ids.append(response.json()["id"])
+
+    threads = [threading.Thread(target=client, args=(token,)) for token in tokens]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if len(ids) != count:
+        raise SystemExit(f"placed {len(ids)} of {count} orders")
+    return ids
+
+
+def _wait_terminal(ids: list[str], start: float) -> None:
+    from orders.models import Order
+
+    terminal = ("completed", "failed", "cancelled")
+    while Order.objects.filter(pk__in=ids).exclude(status__in=terminal).exists():
+        if time.monotonic() - start > 900:
+            raise SystemExit("gave up after 900 s")
+        time.sleep(POLL_SECONDS)
+
+
+def _costs(procs: list, access_log: str) -> dict[str, float]:
+    """Counters read now, whose growth over a run, divided by its orders, is the cost of one
+    order: PostgreSQL transactions and rows (the bench database's statistics), Redis commands
+    (broker, locks and cache: the whole server), HTTP calls to the sandbox providers (the web
+    server's access log), and CPU milliseconds of the web server's and the worker's process
+    trees."""
+    import psycopg
+    import redis
+
+    from tests.procs import children_of
+
+    name = BENCH_DB.rsplit("/", 1)[1]
+    with psycopg.connect(BENCH_DB, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        row = conn.execute(
+            "SELECT xact_commit + xact_rollback, tup_inserted, tup_updated, tup_fetched "
+            "FROM pg_stat_database WHERE datname = %s",
+            [name],
+        ).fetchone()
+    stats = redis.Redis.from_url(BENCH_REDIS).info("commandstats")
+    try:
+        with open(access_log) as log:
+            provider_calls = sum("/sandbox/" in line for line in log)
+    except FileNotFoundError:
+        provider_calls = 0
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_ms(pid: int) -> float:
+        total = 0.0
+        for p in [pid, *children_of(pid)]:
+            try:
+                fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) * 1000 / ticks
+        return total
+
+    return {
+        "sql_transactions": row[0],
+        "rows_inserted": row[1],
+        "rows_updated": row[2],
+        "rows_fetched": row[3],
+        "redis_commands": sum(v["calls"] for v in stats.values()),
+        "provider_http_calls": provider_calls,
+        "web_cpu_ms": cpu_ms(procs[0].pid),
+        "worker_cpu_ms": cpu_ms(procs[1].pid),
+    }
 
 
 def _ceiling(args, env: dict) -> None:
@@ -312,7 +458,9 @@ def _tokens(count: int) -> list[str]:
     return tokens
 
 
-def _report(args, *, completed: int, start: float, created: float, done: float) -> None:
+def _report(
+    args, *, completed: int, start: float, created: float, done: float, **extra: object
+) -> None:
     rate = args.orders / (done - start)
     print(
         f"{args.what} on {args.broker}, {args.concurrency} worker processes, "
@@ -327,6 +475,7 @@ def _report(args, *, completed: int, start: float, created: float, done: float) 
         "orders": args.orders,
         "completed": completed,
         "orders_per_second": round(rate, 2),
+        **extra,
     }
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -366,38 +515,6 @@ def _wait_http(url: str) -> None:
         except OSError:
             time.sleep(0.2)
     raise SystemExit(f"{url} never answered")
-
-
-def _run(user, products, args) -> None:
-    from orders.models import Order
-    from orders.services import order_create
-
-    address = {
-        "name": "Bench",
-        "line1": "1 St",
-        "city": "X",
-        "postal_code": "10115",
-        "country": "DE",
-    }
-    start = time.monotonic()
-    ids = [
-        order_create(
-            user=user,
-            lines=[{"product": p, "quantity": 1} for p in products],
-            shipping_address=address,
-            payment_token="tok_ok",
-        ).id
-        for _ in range(args.orders)
-    ]
-    created = time.monotonic()
-    terminal = ("completed", "failed", "cancelled")
-    while Order.objects.filter(pk__in=ids).exclude(status__in=terminal).exists():
-        if time.monotonic() - start > 600:
-            raise SystemExit("gave up after 600 s")
-        time.sleep(POLL_SECONDS)
-    done = time.monotonic()
-    completed = Order.objects.filter(pk__in=ids, status="completed").count()
-    _report(args, completed=completed, start=start, created=created, done=done)
 
 
 if __name__ == "__main__":
