@@ -67,7 +67,10 @@ def main() -> None:
                 argv = [sys.executable, "-m", "tests.bench", "--one", "--orders", str(args.orders)]
                 argv += ["--broker", broker, "--concurrency", concurrency, "--what", what]
                 argv += ["--reuse-max", str(args.reuse_max)]
-                out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+                done = subprocess.run(argv, capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"{what} on {broker} failed:\n{done.stderr[-3000:]}")
+                out = done.stdout
                 result = json.loads(out.rsplit("RESULT ", 1)[1])
                 print(out.split("RESULT ", 1)[0].strip(), flush=True)
                 results.append(result)
@@ -416,9 +419,12 @@ def _api_round(url: str, payload: dict, tokens: list[str]) -> dict:
         mine, failed = [], 0
         while time.monotonic() < stop_at:
             began = time.perf_counter()
-            response = session.post(url, json=payload, timeout=30)
+            try:
+                ok = session.post(url, json=payload, timeout=30).status_code == 201
+            except requests.RequestException:
+                ok = False
             mine.append(time.perf_counter() - began)
-            failed += response.status_code != 201
+            failed += not ok
         latencies.extend(mine)
         errors.append(failed)
 
