@@ -118,6 +118,28 @@ def sandbox(live_server, settings):
 def pipeline(transactional_db, sandbox, pipeline_worker):
     """Everything a workflow test needs: committed data, a worker, the sandbox providers."""
     yield sandbox
+    _wait_until_idle()
+
+
+def _wait_until_idle(*, timeout: float = 10) -> None:
+    """Let the worker finish what the test set going (a failed order's compensation runs on
+    after the order is `failed`) before the tables are flushed: a step holding a row lock
+    deadlocks the flush's TRUNCATE. Idle: nothing queued, running or waiting for its
+    countdown, three looks in a row."""
+    import time
+
+    from celery.worker import state
+    from django.conf import settings
+
+    from config.broker import queue_depths
+
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 3 and time.monotonic() < deadline:
+        depths = queue_depths(settings.CELERY_BROKER_URL, settings.ORDER_QUEUES)
+        busy = state.active_requests or state.reserved_requests or any(depths.values())
+        quiet = 0 if busy else quiet + 1
+        time.sleep(0.1)
 
 
 @pytest.fixture
