@@ -182,23 +182,33 @@ def _one(args) -> None:
 PLACING_CLIENTS = 16
 
 
+def _start_web(port: int, env: dict, *, access_log: str = "") -> subprocess.Popen:
+    """gunicorn as production runs it (2 processes x 8 threads), with no throttle in the
+    way: the benchmark's few users place thousands of orders."""
+    bin_dir = os.path.dirname(sys.executable)
+    argv = [f"{bin_dir}/gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-k", "gthread"]
+    argv += ["-w", "2", "--threads", "8", "--log-level", "warning"]
+    if access_log:
+        argv += ["--access-logfile", access_log]
+    return subprocess.Popen(argv, env={**env, "THROTTLE_ORDER_CREATE_RATE": "1000000/min"})
+
+
+def _start_worker(concurrency: str, env: dict) -> subprocess.Popen:
+    bin_dir = os.path.dirname(sys.executable)
+    argv = [f"{bin_dir}/celery", "-A", "config", "worker", "-c", concurrency]
+    argv += ["--loglevel", "WARNING", "-n", "bench@%h"]
+    # The console email backend prints every email.
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+
+
 def _pipeline(args, env: dict, port: int) -> None:
     """Orders placed through the API by PLACING_CLIENTS clients, processed by one worker with
     `--concurrency` processes; orders/s end to end, the time from `201` to `completed`, and
     the cost of one order, counted."""
     from tests.factories import order_payload
 
-    bin_dir = os.path.dirname(sys.executable)
     access_log = f"/tmp/bench-access-{port}.log"
-    web = [f"{bin_dir}/gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-k", "gthread"]
-    web += ["-w", "2", "--threads", "8", "--log-level", "warning", "--access-logfile", access_log]
-    worker = [f"{bin_dir}/celery", "-A", "config", "worker", "-c", args.concurrency]
-    worker += ["--loglevel", "WARNING", "-n", "bench@%h"]
-    procs = [
-        subprocess.Popen(web, env={**env, "THROTTLE_ORDER_CREATE_RATE": "1000000/min"}),
-        # The console email backend prints every email.
-        subprocess.Popen(worker, env=env, stdout=subprocess.DEVNULL),
-    ]
+    procs = [_start_web(port, env, access_log=access_log), _start_worker(args.concurrency, env)]
     tokens = _tokens(PLACING_CLIENTS)
     payload = order_payload(("BENCH-A", 1), ("BENCH-B", 1))
     try:
@@ -304,7 +314,7 @@ def _costs(procs: list, access_log: str) -> dict[str, float]:
         total = 0.0
         for p in [pid, *children_of(pid)]:
             try:
-                fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             total += (int(fields[11]) + int(fields[12])) * 1000 / ticks
@@ -368,21 +378,9 @@ def _api(args, env: dict, port: int) -> None:
     workers stopped (`api`) or running (`api-busy`)."""
     from tests.factories import order_payload
 
-    env = {**env, "THROTTLE_ORDER_CREATE_RATE": "1000000/min"}
-    bin_dir = os.path.dirname(sys.executable)
-    web = [f"{bin_dir}/gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-k", "gthread"]
-    procs = [
-        subprocess.Popen([*web, "-w", "2", "--threads", "8", "--log-level", "warning"], env=env)
-    ]
+    procs = [_start_web(port, env)]
     if args.what == "api-busy":
-        worker = [f"{bin_dir}/celery", "-A", "config", "worker", "-c", args.concurrency]
-        procs.append(
-            subprocess.Popen(
-                [*worker, "--loglevel", "WARNING", "-n", "bench@%h"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-            )
-        )
+        procs.append(_start_worker(args.concurrency, env))
     tokens = _tokens(max(API_CLIENTS))
     url = f"http://127.0.0.1:{port}/api/orders/"
     payload = order_payload(("BENCH-A", 1), ("BENCH-B", 1))
@@ -495,22 +493,14 @@ def _create_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def _seed():
-    from django.contrib.auth import get_user_model
-
+def _seed() -> None:
+    """The two products every benchmark order buys, with stock that never runs out."""
     from orders.models import Product
 
-    user, _ = get_user_model().objects.get_or_create(
-        username="bench", defaults={"email": "bench@example.com"}
-    )
-    products = []
     for sku in ("BENCH-A", "BENCH-B"):
-        product, _ = Product.objects.update_or_create(
+        Product.objects.update_or_create(
             sku=sku, defaults={"name": sku, "price": "5.00", "stock": 10**9, "is_active": True}
         )
-        product.refresh_from_db()  # price back as a Decimal
-        products.append(product)
-    return user, products
 
 
 def _wait_http(url: str) -> None:

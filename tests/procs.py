@@ -32,9 +32,15 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from kombu.exceptions import OperationalError
 
-from config.broker import is_amqp, order_queues, transport_options
+from config.broker import (
+    BROKER_ERRORS,
+    ORDER_QUEUES,
+    is_amqp,
+    order_queues,
+    queue_depths,
+    transport_options,
+)
 from tests import rabbitmq
 from tests.services import free_port
 
@@ -68,10 +74,6 @@ _OWN_NAMES = {
     "DEFAULT_FROM_EMAIL",
     "LOG_LEVEL",
 }
-
-
-# What a broker client raises when its broker is away (a restarted Redis or RabbitMQ).
-BROKER_ERRORS = (redis.RedisError, OSError, OperationalError)
 
 
 class ProcessFailed(RuntimeError):
@@ -647,8 +649,6 @@ class Stack:
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting in each of the orders' queues, as the broker counts them now (on
         Redis also those handed out and not yet acknowledged, under "unacked")."""
-        from config.broker import ORDER_QUEUES, queue_depths
-
         depths = queue_depths(self.broker_url, ORDER_QUEUES)
         if len(depths) != len(ORDER_QUEUES):
             raise RuntimeError(f"the broker at {self.broker_url} did not answer")
