@@ -3,17 +3,33 @@
 The copy lives in templates (orders/templates/orders/email/<kind>_subject.txt and
 <kind>_body.txt); sending goes through integrations/email.py. A Notification row per order
 and kind records what was sent, so a step that runs again sends nothing twice.
+
+A mail server keeps no ledger we can ask, so the moment between its acceptance and our
+record of it is covered by a receipt in Redis: written as soon as the server accepts, read
+before sending. PostgreSQL going down in that moment (the record fails, the step retries)
+then does not send the email again; only Redis and PostgreSQL failing together could, and
+the Message-ID, the same for both copies, lets a mail client fold them into one.
 """
 
 from __future__ import annotations
 
+import logging
+
+import redis
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from integrations.email import send_email
 
+from .locks import redis_client
 from .models import Notification, Order, Outcome, Shipment
 from .state import event_record
+
+logger = logging.getLogger(__name__)
+
+# Kept well past ORDER_EMAIL_DEADLINE_SECONDS (a day by default), the longest a step can
+# keep trying to record a message it sent.
+RECEIPT_TTL_SECONDS = 7 * 24 * 3600
 
 
 def render(*, order: Order, kind: str) -> tuple[str, str]:
@@ -31,6 +47,19 @@ def message_id(*, order: Order, kind: str) -> str:
     return f"<{order.id}.{kind}@orders.invalid>"
 
 
+def receipt_key(*, order: Order, kind: str) -> str:
+    return f"notification-sent:{order.id}:{kind}"
+
+
+def _receipt_write(*, order: Order, kind: str) -> None:
+    try:
+        redis_client().set(receipt_key(order=order, kind=kind), 1, ex=RECEIPT_TTL_SECONDS)
+    except redis.RedisError:
+        # The message is sent; our record in PostgreSQL, written next, is what counts.
+        # Without the receipt only a PostgreSQL failure in the next moment sends it twice.
+        logger.warning("no receipt for the %s email of order %s: Redis is down", kind, order.id)
+
+
 def notification_send(*, order: Order, kind: str, step: str, attempt: int) -> bool:
     """Send the order's email of this kind at most once. Returns False if it had been sent
     before. Raises integrations.errors.TransientError / PermanentError from the mail server."""
@@ -39,7 +68,10 @@ def notification_send(*, order: Order, kind: str, step: str, attempt: int) -> bo
     )
     if notification.sent_at:
         return False
-    if notification.to:
+    if notification.to and redis_client().exists(receipt_key(order=order, kind=kind)):
+        late = "accepted by the mail server before; its record was written late"
+        detail, reason_code = f"{kind} email sent to {notification.to} ({late})", "email_sent"
+    elif notification.to:
         subject, body = render(order=order, kind=kind)
         send_email(
             to=notification.to,
@@ -47,6 +79,7 @@ def notification_send(*, order: Order, kind: str, step: str, attempt: int) -> bo
             body=body,
             message_id=message_id(order=order, kind=kind),
         )
+        _receipt_write(order=order, kind=kind)
         detail, reason_code = f"{kind} email sent to {notification.to}", "email_sent"
     else:
         detail, reason_code = (

@@ -244,7 +244,10 @@ class RedisServer:
 
 class SmtpServer:
     """A real SMTP server (aiosmtpd) in this process that keeps every message it receives.
-    It can be stopped (connections are refused) and started again on the same port."""
+    It can be stopped (connections are refused) and started again on the same port.
+    `on_accept`, if set, is called with each message before the server answers 250: a test
+    injects a fault into the moment between the server's acceptance and the sender's record
+    of it."""
 
     def __init__(self) -> None:
         import logging
@@ -254,6 +257,7 @@ class SmtpServer:
         self._messages: list[Message] = []
         self._lock = threading.Lock()
         self.controller = self._controller()
+        self.on_accept: Callable[[Message], None] | None = None
 
     def _controller(self):
         from aiosmtpd.controller import Controller
@@ -264,6 +268,8 @@ class SmtpServer:
         message = email.message_from_bytes(envelope.original_content or envelope.content)
         with self._lock:
             self._messages.append(message)
+        if self.on_accept is not None:
+            self.on_accept(message)
         return "250 Message accepted for delivery"
 
     @property

@@ -7,11 +7,14 @@ serving the API and the sandbox providers, a prefork worker, beat, a real SMTP s
   order waits in `confirming` and completes once the email is accepted, with one email.
 - A mail server that never comes back: past ORDER_EMAIL_DEADLINE_SECONDS the order completes
   without the email, noted in the timeline and reported as an error.
+- PostgreSQL lost the moment the mail server accepts the email: the email is not sent again.
 """
 
+import threading
 import time
 
 import pytest
+from django.conf import settings
 
 from orders.models import Order, Shipment
 from tests.factories import ProductFactory, order_payload
@@ -23,6 +26,7 @@ from tests.helpers import (
     wait_for,
     wait_for_orders,
 )
+from tests.netproxy import TcpProxy
 from tests.procs import timing_errors_under
 
 pytestmark = [pytest.mark.slow, pytest.mark.brokers]
@@ -118,3 +122,47 @@ def test_past_the_email_deadline_the_order_completes_without_it(stack_factory):
     assert stack.smtp.subjects() == []
     logs = "".join(proc.log() for proc in [*stack.workers, stack.beat] if proc is not None)
     assert "completed without its confirmation email" in logs
+
+
+@pytest.fixture
+def database_proxy():
+    """A proxy to the suite's PostgreSQL; requested before stack_factory, so it is closed
+    after the stack's processes are stopped."""
+    proxy = TcpProxy(upstream_port=5432).start()
+    yield proxy
+    proxy.cut()
+
+
+def test_postgresql_lost_as_the_mail_server_accepts_sends_the_email_once(
+    database_proxy, stack_factory
+):
+    """The processes reach PostgreSQL through a proxy, cut the moment the mail server
+    accepts the confirmation (before it answers 250) and restored 3 s later: the worker's
+    record of the email fails and the step retries. Expected: the retry finds the receipt
+    written when the server accepted, sends nothing again, and the order completes with
+    exactly one confirmation email."""
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    proxy = database_proxy
+    stack = stack_factory(env=FAST, start=False)
+    stack.overrides["DATABASE_URL"] = (
+        f"postgres://postgres@127.0.0.1:{proxy.port}/{settings.DATABASES['default']['NAME']}"
+        f"?application_name={stack.app_name}"
+    )
+    cuts: list[float] = []
+
+    def cut_database(message) -> None:
+        if not cuts:
+            cuts.append(time.monotonic())
+            proxy.cut()
+            threading.Timer(3, proxy.restore).start()
+
+    stack.smtp.on_accept = cut_database
+    stack.start(workers=1, beat=True)
+    order_id = place_as_new_customer(stack.web_url, order_payload(("MUG-001", 1)))
+    [order] = wait_for_orders([order_id], timeout=90)
+
+    assert cuts, "the mail server never accepted the email"
+    assert order.status == "completed", reason_codes(order)
+    assert stack.smtp.subjects() == [f"Your order {order.id} is confirmed"]
+    [sent] = order.events.filter(reason_code="email_sent")
+    assert "accepted by the mail server before" in sent.detail  # the retry found the receipt
