@@ -13,7 +13,7 @@ import structlog
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.dispatch import receiver
 from django.utils import timezone
 from django_structlog.celery.signals import bind_extra_task_metadata
@@ -97,17 +97,23 @@ class OrderStepTask(UniqueStepTask):
             "busy",
         )
 
-    def on_retry(
-        self, exc: Exception, task_id: str, args: Any, kwargs: dict[str, Any], einfo: Any
-    ) -> None:
-        if isinstance(exc, StepBusy):  # already in the timeline as `busy`
-            return
-        self._event(
-            OrderId(kwargs["order_id"]),
-            Outcome.RETRYING,
-            f"{exc.__class__.__name__}: {exc}",
-            "transient_error",
-        )
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        # In the timeline before the retry is published, not in on_retry (which Celery calls
+        # afterwards): a retry due at once may otherwise run, and write its own outcome,
+        # before this attempt's `retrying`, and the timeline would tell it backwards.
+        exc = kwargs.get("exc")
+        will_retry = self.max_retries is None or self.request.retries < self.max_retries
+        if will_retry and exc is not None and not isinstance(exc, StepBusy):  # busy: recorded
+            try:
+                self._event(
+                    OrderId((self.request.kwargs or {})["order_id"]),
+                    Outcome.RETRYING,
+                    f"{exc.__class__.__name__}: {exc}",
+                    "transient_error",
+                )
+            except DatabaseError:  # the database is what failed: the retry matters more
+                logger.warning("%s: could not record the retry in the timeline", self.name)
+        return super().retry(*args, **kwargs)
 
     def on_failure(
         self, exc: Exception, task_id: str, args: Any, kwargs: dict[str, Any], einfo: Any
