@@ -37,11 +37,13 @@ def _line_ids(order_id: OrderId) -> list[int]:
     )
 
 
-def _continuation(order_id: OrderId, status: str) -> Signature:
+def _continuation(order_id: OrderId, status: str, line_ids: list[int] | None = None) -> Signature:
     """What an order in `status` needs next: its remaining steps, or its compensation."""
     if status in COMPENSATED_STATUSES:
         return workflow.compensation(order_id=order_id)
-    return workflow.build(order_id=order_id, line_ids=_line_ids(order_id), from_status=status)
+    if line_ids is None:
+        line_ids = _line_ids(order_id)
+    return workflow.build(order_id=order_id, line_ids=line_ids, from_status=status)
 
 
 def _on_commit(
@@ -84,10 +86,13 @@ def _remember(order_id: OrderId) -> None:
         logger.warning("could not remember order %s for the relay; the sweep resumes it", order_id)
 
 
-def workflow_start(*, order_id: OrderId) -> None:
-    """Start a new order's workflow once the current transaction commits."""
+def workflow_start(*, order_id: OrderId, line_ids: list[int]) -> None:
+    """Start a new order's workflow once the current transaction commits. The caller has
+    just created the lines: their ids come with it rather than being read back."""
     _on_commit(
-        "start", order_id, lambda: _continuation(order_id, OrderStatus.PENDING).apply_async()
+        "start",
+        order_id,
+        lambda: _continuation(order_id, OrderStatus.PENDING, line_ids).apply_async(),
     )
 
 

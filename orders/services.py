@@ -25,6 +25,7 @@ from .models import (
     FAILABLE_STATUSES,
     LineReservation,
     Order,
+    OrderEvent,
     OrderId,
     OrderLine,
     OrderStatus,
@@ -63,7 +64,10 @@ def order_create(
             "The order's total is larger than one order may be.",
             fields={"lines": [f"The total must stay below {MAX_TOTAL}."]},
         )
-    with transaction.atomic():
+    # No savepoint when nested (the API's transaction also stores the Idempotency-Key's
+    # response): what fails in here is a database error, which ends the caller's
+    # transaction as well; a savepoint would cost two round trips per order.
+    with transaction.atomic(savepoint=False):
         order = Order.objects.create(
             user=user,
             email=getattr(user, "email", "") or "",
@@ -79,7 +83,7 @@ def order_create(
             request_id=structlog.contextvars.get_contextvars().get("request_id", ""),
         )
         structlog.contextvars.bind_contextvars(order_id=str(order.id))
-        OrderLine.objects.bulk_create(
+        created_lines = OrderLine.objects.bulk_create(
             OrderLine(
                 order=order,
                 product=line["product"],
@@ -89,7 +93,7 @@ def order_create(
             )
             for line in lines
         )
-        event_record(
+        created = event_record(
             order=order,
             step=Step.ORDER,
             outcome=Outcome.CREATED,
@@ -100,8 +104,23 @@ def order_create(
             detail=f"{len(lines)} line(s), total {total} {order.currency}",
         )
         # If the broker is down the order is still accepted: the recovery sweep starts it.
-        dispatch.workflow_start(order_id=order.id)
+        dispatch.workflow_start(order_id=order.id, line_ids=[line.pk for line in created_lines])
+    _related_known(order, lines=created_lines, events=[created])
     return order
+
+
+def _related_known(order: Order, *, lines: list[OrderLine], events: list[OrderEvent]) -> None:
+    """Give a new order what it would read back (lines, timeline, no payment, no shipment)
+    as Django's prefetch does, so the API answers the POST from memory instead of four more
+    queries (about a sixth of the request's time, profiled)."""
+    prefetched: dict[str, Any] = {}
+    for name, rows in (("lines", lines), ("events", events)):
+        cached = getattr(order, name).all()  # the relation's QuerySet, not evaluated
+        cached._result_cache, cached._prefetch_done = list(rows), True
+        prefetched[name] = cached
+    order._prefetched_objects_cache = prefetched  # type: ignore[attr-defined]
+    for one_to_one in (Order.payment, Order.shipment):
+        one_to_one.related.set_cached_value(order, None)
 
 
 def _reservations_release(order: Order) -> int:

@@ -82,6 +82,39 @@ def main() -> None:
     (RESULTS_DIR / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS_DIR / f"{stamp}.md").write_text(f"# make bench, {stamp}\n\n{tables}\n")
     print(f"written to {RESULTS_DIR}/{stamp}.json and .md")
+    if plotted := _plot_latency(results, RESULTS_DIR / f"{stamp}-api-latency.png"):
+        print(f"plot of the API's latency against clients: {plotted}")
+
+
+def _plot_latency(results: list[dict], path: Path) -> Path | None:
+    """p50, p95 and p99 of `POST /api/orders/` against the number of clients, one line per
+    run (workers stopped, workers running) and percentile; None if no API run happened."""
+    runs = [r for r in results if r.get("api")]
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen: render straight to the PNG
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in runs:
+        label = "workers stopped" if r["what"] == "api" else "workers running"
+        clients = [row["clients"] for row in r["api"]]
+        for key, style in (("p50_ms", "-o"), ("p95_ms", "--s"), ("p99_ms", ":^")):
+            ax.plot(clients, [row[key] for row in r["api"]], style, label=f"{label}, {key[:3]}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({row["clients"] for r in runs for row in r["api"]}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("latency of POST /api/orders/, ms")
+    ax.set_title(f"POST /api/orders/ ({runs[0]['broker']}, gunicorn 2 x 8 threads)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _tables(results: list[dict]) -> str:

@@ -367,3 +367,22 @@ def test_an_order_in_two_currencies_is_refused_and_nothing_is_written(api, db):
     assert response.status_code == 400
     assert response.json()["fields"] == {"lines": ["Mixed currencies: EUR, USD."]}
     assert Order.objects.count() == before
+
+
+def test_the_201_answers_what_reading_the_order_back_answers(
+    api, mug, django_capture_on_commit_callbacks
+):
+    """The POST answers from the rows it has just written, not from a re-read: it must say
+    exactly what a GET of the same order says (lines in order, the timeline, no payment)."""
+    ProductFactory(sku="TEA-001", price="4.20", stock=10)
+    with django_capture_on_commit_callbacks(execute=False):
+        created = api.post(
+            "/api/orders/", order_payload(("TEA-001", 3), ("MUG-001", 2)), format="json"
+        )
+
+    assert created.status_code == 201
+    read = api.get(created["Location"])
+    assert created.json() == read.json()
+    assert [line["sku"] for line in created.json()["lines"]] == ["TEA-001", "MUG-001"]
+    assert created.json()["payment"] is None and created.json()["shipment"] is None
+    assert [event["reason_code"] for event in created.json()["events"]] == ["created"]

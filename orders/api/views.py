@@ -288,8 +288,7 @@ class OrderListCreateView(GenericAPIView):
         try:
             with transaction.atomic():
                 created = order_create(user=_user(request), **data.validated_data)
-                order = selectors.order_get(user=_user(request), order_id=created.pk)
-                body = OrderOutputSerializer(order).data
+                body = OrderOutputSerializer(created).data
                 headers = {
                     "Location": reverse("orders:order-detail", kwargs={"order_id": created.pk})
                 }
