@@ -278,6 +278,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=200)
 # Task events feed Flower.
 CELERY_WORKER_SEND_TASK_EVENTS = True
+# Sent events let Flower show a task that still waits in its queue; dropping them saves a
+# publish per task and measured no throughput (bench/README.md).
 CELERY_TASK_SEND_SENT_EVENT = env.bool("CELERY_TASK_SEND_SENT_EVENT", default=True)
 # A queue per step: a backlog of emails or a slow carrier never delays a charge. A plain
 # `celery -A config worker` consumes every queue below; `-Q orders.payments` runs a worker
