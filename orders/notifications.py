@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import redis
+from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -27,9 +28,9 @@ from .state import event_record
 
 logger = logging.getLogger(__name__)
 
-# Kept well past ORDER_EMAIL_DEADLINE_SECONDS (a day by default), the longest a step can
-# keep trying to record a message it sent.
-RECEIPT_TTL_SECONDS = 7 * 24 * 3600
+# At least a week, and twice ORDER_EMAIL_DEADLINE_SECONDS (a day by default), the longest a
+# step keeps trying to record a message it sent.
+RECEIPT_MIN_TTL_SECONDS = 7 * 24 * 3600
 
 
 def render(*, order: Order, kind: str) -> tuple[str, str]:
@@ -53,7 +54,8 @@ def receipt_key(*, order: Order, kind: str) -> str:
 
 def _receipt_write(*, order: Order, kind: str) -> None:
     try:
-        redis_client().set(receipt_key(order=order, kind=kind), 1, ex=RECEIPT_TTL_SECONDS)
+        ttl = max(RECEIPT_MIN_TTL_SECONDS, 2 * settings.ORDER_EMAIL_DEADLINE_SECONDS)
+        redis_client().set(receipt_key(order=order, kind=kind), 1, ex=ttl)
     except redis.RedisError:
         # The message is sent; our record in PostgreSQL, written next, is what counts.
         # Without the receipt only a PostgreSQL failure in the next moment sends it twice.

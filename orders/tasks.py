@@ -13,7 +13,7 @@ import structlog
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError
 from django.dispatch import receiver
 from django.utils import timezone
 from django_structlog.celery.signals import bind_extra_task_metadata
@@ -101,8 +101,11 @@ class OrderStepTask(UniqueStepTask):
         # In the timeline before the retry is published, not in on_retry (which Celery calls
         # afterwards): a retry due at once may otherwise run, and write its own outcome,
         # before this attempt's `retrying`, and the timeline would tell it backwards.
+        # (If the publish itself fails, the broker being down, the entry stays and the
+        # recovery sweep resumes the order: the timeline then shows the resume next.)
         exc = kwargs.get("exc")
-        will_retry = self.max_retries is None or self.request.retries < self.max_retries
+        max_retries = kwargs.get("max_retries", self.max_retries)  # as Celery decides
+        will_retry = max_retries is None or self.request.retries < max_retries
         if will_retry and exc is not None and not isinstance(exc, StepBusy):  # busy: recorded
             try:
                 self._event(
@@ -111,8 +114,13 @@ class OrderStepTask(UniqueStepTask):
                     f"{exc.__class__.__name__}: {exc}",
                     "transient_error",
                 )
-            except DatabaseError:  # the database is what failed: the retry matters more
-                logger.warning("%s: could not record the retry in the timeline", self.name)
+            except Exception:
+                # Whatever failed here (the database that caused the retry, a soft time
+                # limit) must not cost the step its retry: Celery would take an exception
+                # from retry() as the step's failure and give the order up.
+                logger.warning(
+                    "%s: could not record the retry in the timeline", self.name, exc_info=True
+                )
         return super().retry(*args, **kwargs)
 
     def on_failure(
