@@ -18,13 +18,18 @@ to bench/results/<time>.json and .md. Figures, not a test.
 """
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+
+import requests
 
 BENCH_DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench_orders")
 BENCH_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2")
@@ -226,12 +231,37 @@ def _start_web(port: int, env: dict, *, access_log: str = "") -> subprocess.Pope
     return subprocess.Popen(argv, env={**env, "THROTTLE_ORDER_CREATE_RATE": "1000000/min"})
 
 
-def _start_worker(concurrency: str, env: dict) -> subprocess.Popen:
+def _start_worker(
+    concurrency: str, env: dict, *, app: str = "config", node: str = "bench"
+) -> subprocess.Popen:
     bin_dir = os.path.dirname(sys.executable)
-    argv = [f"{bin_dir}/celery", "-A", "config", "worker", "-c", concurrency]
-    argv += ["--loglevel", "WARNING", "-n", "bench@%h"]
+    argv = [f"{bin_dir}/celery", "-A", app, "worker", "-c", concurrency]
+    argv += ["--loglevel", "WARNING", "-n", f"{node}@%h"]
     # The console email backend prints every email.
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def _each_client(tokens: list[str], work: Callable[[requests.Session], None]) -> None:
+    """Run `work` in one thread per token, each with a session signed in with its token, and
+    return when every thread is done."""
+
+    def client(token: str) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Token {token}"
+        work(session)
+
+    threads = [threading.Thread(target=client, args=(token,)) for token in tokens]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _pipeline(args, env: dict, port: int) -> None:
@@ -255,10 +285,7 @@ def _pipeline(args, env: dict, port: int) -> None:
         done = time.monotonic()
         after = _costs(procs, access_log)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+        _stop(procs)
     from orders.models import Order
 
     orders = Order.objects.filter(pk__in=ids)
@@ -280,27 +307,16 @@ def _pipeline(args, env: dict, port: int) -> None:
 
 def _place(url: str, payload: dict, tokens: list[str], count: int) -> list[str]:
     """POST `count` orders from one thread per token; returns their ids."""
-    import itertools
-    import threading
-
-    import requests
-
     numbers = itertools.count()
     ids: list[str] = []
 
-    def client(token: str) -> None:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Token {token}"
+    def place(session: requests.Session) -> None:
         while next(numbers) < count:
             response = session.post(url, json=payload, timeout=60)
             response.raise_for_status()
             ids.append(response.json()["id"])
 
-    threads = [threading.Thread(target=client, args=(token,)) for token in tokens]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _each_client(tokens, place)
     if len(ids) != count:
         raise SystemExit(f"placed {len(ids)} of {count} orders")
     return ids
@@ -378,11 +394,7 @@ def _ceiling(args, env: dict) -> None:
 
     from tests import bench_ceiling
 
-    bin_dir = os.path.dirname(sys.executable)
-    argv = [f"{bin_dir}/celery", "-A", "tests.bench_ceiling", "worker", "-c", args.concurrency]
-    worker = subprocess.Popen(
-        [*argv, "--loglevel", "WARNING", "-n", "ceiling@%h"], env=env, stdout=subprocess.DEVNULL
-    )
+    worker = _start_worker(args.concurrency, env, app="tests.bench_ceiling", node="ceiling")
     counter = redis.Redis.from_url(BENCH_REDIS)
     try:
         time.sleep(5)  # the worker's pool
@@ -396,8 +408,7 @@ def _ceiling(args, env: dict) -> None:
             time.sleep(0.05)
         done = time.monotonic()
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        _stop([worker])
     _report(args, completed=args.orders, start=start, created=created, done=done)
 
 
@@ -426,27 +437,18 @@ def _api(args, env: dict, port: int) -> None:
             print(f"{args.what}: {row}", flush=True)
             rows.append(row)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+        _stop(procs)
     result = {"what": args.what, "broker": args.broker, "concurrency": int(args.concurrency)}
     print("RESULT " + json.dumps({**result, "api": rows}), flush=True)
 
 
 def _api_round(url: str, payload: dict, tokens: list[str]) -> dict:
     """One client thread per token, posting orders back to back for API_SECONDS."""
-    import threading
-
-    import requests
-
     latencies: list[float] = []
     errors: list[int] = []
     stop_at = time.monotonic() + API_SECONDS
 
-    def client(token: str) -> None:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Token {token}"
+    def post(session: requests.Session) -> None:
         mine, failed = [], 0
         while time.monotonic() < stop_at:
             began = time.perf_counter()
@@ -459,12 +461,8 @@ def _api_round(url: str, payload: dict, tokens: list[str]) -> dict:
         latencies.extend(mine)
         errors.append(failed)
 
-    threads = [threading.Thread(target=client, args=(token,)) for token in tokens]
     began = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _each_client(tokens, post)
     took = time.monotonic() - began
     latencies.sort()
 

@@ -2,6 +2,7 @@
 the services it needs (the broker, Redis, PostgreSQL), as the partition test controls it.
 
     proxy = TcpProxy(upstream_port=5432).start()   # connect to 127.0.0.1:proxy.port instead
+    url = proxy.route("postgres://postgres@127.0.0.1:5432/test")   # the same, through it
     proxy.cut()       # every open connection is dropped, new ones are refused
     proxy.restore()   # connections are accepted again, on the same port
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from urllib.parse import urlsplit
 
 from tests.services import free_port
 
@@ -44,6 +46,13 @@ class TcpProxy:
             doomed, self._open = self._open, set()
         for sock in doomed:
             _close(sock)
+
+    def route(self, url: str) -> str:
+        """`url` with its host and port replaced by the proxy's (credentials and path kept)."""
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)
+        netloc[-1] = f"{HOST}:{self.port}"
+        return parts._replace(netloc="@".join(netloc)).geturl()
 
     def restore(self) -> None:
         self.start()

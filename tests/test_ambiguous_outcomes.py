@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-from django.conf import settings
 
 from orders.models import Order, Shipment
 from tests.factories import ProductFactory, order_payload
@@ -126,12 +125,9 @@ def test_past_the_email_deadline_the_order_completes_without_it(stack_factory):
 
 @pytest.fixture
 def database_proxy():
-    """A proxy to the suite's PostgreSQL; requested before stack_factory, so it is closed
-    after the stack's processes are stopped."""
-    database = settings.DATABASES["default"]
-    proxy = TcpProxy(
-        upstream_host=database["HOST"] or "127.0.0.1", upstream_port=int(database["PORT"] or 5432)
-    ).start()
+    """A proxy to the PostgreSQL the stack's processes use; requested before stack_factory,
+    so it is closed after the stack's processes are stopped."""
+    proxy = TcpProxy(upstream_port=5432).start()
     yield proxy
     proxy.cut()
 
@@ -147,12 +143,7 @@ def test_postgresql_lost_as_the_mail_server_accepts_sends_the_email_once(
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     proxy = database_proxy
     stack = stack_factory(env=FAST, start=False)
-    database = settings.DATABASES["default"]
-    credentials = database["USER"] + (f":{database['PASSWORD']}" if database["PASSWORD"] else "")
-    stack.overrides["DATABASE_URL"] = (
-        f"postgres://{credentials}@127.0.0.1:{proxy.port}/{database['NAME']}"
-        f"?application_name={stack.app_name}"
-    )
+    stack.overrides["DATABASE_URL"] = proxy.route(stack.env()["DATABASE_URL"])
     cuts: list[float] = []
 
     def cut_database(message) -> None:

@@ -7,7 +7,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -50,14 +49,6 @@ def test_the_timing_of_this_test_is_in_order():
     assert CUT_SECONDS > int(ENV["CELERY_VISIBILITY_TIMEOUT"])
 
 
-def _through(url: str, proxy: TcpProxy) -> str:
-    """`url` with its host and port replaced by the proxy's."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    netloc[-1] = f"127.0.0.1:{proxy.port}"
-    return parts._replace(netloc="@".join(netloc)).geturl()
-
-
 def test_a_worker_cut_off_mid_run_does_nothing_twice_and_rejoins(stack_factory, capsys):
     """Three workers; the third reaches the broker, Redis and PostgreSQL only through proxies.
     While 150 `tok_ok` orders run, and the third worker runs steps, every one of its links is
@@ -76,13 +67,13 @@ def test_a_worker_cut_off_mid_run_does_nothing_twice_and_rejoins(stack_factory, 
         "redis": TcpProxy(upstream_port=stack.redis.port).start(),
     }
     links = {
-        "DATABASE_URL": _through(env["DATABASE_URL"], proxies["postgres"]),
-        "REDIS_URL": _through(env["REDIS_URL"], proxies["redis"]),
-        "CELERY_BROKER_URL": _through(env["CELERY_BROKER_URL"], proxies["redis"]),
+        "DATABASE_URL": proxies["postgres"].route(env["DATABASE_URL"]),
+        "REDIS_URL": proxies["redis"].route(env["REDIS_URL"]),
+        "CELERY_BROKER_URL": proxies["redis"].route(env["CELERY_BROKER_URL"]),
     }
     if stack.vhost:
         proxies["rabbitmq"] = TcpProxy(upstream_port=5672).start()
-        links["CELERY_BROKER_URL"] = _through(env["CELERY_BROKER_URL"], proxies["rabbitmq"])
+        links["CELERY_BROKER_URL"] = proxies["rabbitmq"].route(env["CELERY_BROKER_URL"])
     try:
         cut_off = stack.start_worker(env=links)
         _run(stack, cut_off, proxies, capsys)
