@@ -33,6 +33,7 @@ from .models import (
     OrderLine,
     Payment,
     Product,
+    ProviderEvent,
     Shipment,
     StockAdjustment,
 )
@@ -142,6 +143,21 @@ class StalledFilter(admin.SimpleListFilter):
         return queryset
 
 
+class DisputedFilter(admin.SimpleListFilter):
+    title = "payment"
+    parameter_name = "payment"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("disputed", "Disputed"), ("refunded_outside", "Refunded at Stripe")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Order]) -> QuerySet[Order]:
+        if self.value() == "disputed":
+            return queryset.filter(payment__disputed_at__isnull=False)
+        if self.value() == "refunded_outside":
+            return queryset.filter(events__reason_code="refunded_outside").distinct()
+        return queryset
+
+
 class OrderLineInline(ReadOnlyMixin, admin.TabularInline):
     model = OrderLine
     extra = 0
@@ -155,7 +171,18 @@ class OrderLineInline(ReadOnlyMixin, admin.TabularInline):
 class PaymentInline(ReadOnlyMixin, admin.StackedInline):
     model = Payment
     extra = 0
-    fields = ("status", "amount", "currency", "charge_id", "refund_id", "idempotency_key")
+    fields = (
+        "status",
+        "amount",
+        "currency",
+        "charge_id",
+        "decline_code",
+        "action_required_at",
+        "amount_refunded",
+        "refund_id",
+        "disputed_at",
+        "idempotency_key",
+    )
     readonly_fields = fields
 
 
@@ -193,7 +220,7 @@ def _actor(event: OrderEvent) -> str:
 @admin.register(Order)
 class OrderAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("id", "email", "status", "total", "currency", "created_at", "updated_at")
-    list_filter = (StalledFilter, "status", "created_at")
+    list_filter = (StalledFilter, DisputedFilter, "status", "created_at")
     date_hierarchy = "created_at"
     search_fields = ("=id", "email", "user__email", "user__username")
     list_select_related = ("user",)
@@ -365,8 +392,16 @@ GIVE_UP_WORDS = {
 
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ("order", "status", "amount", "currency", "charge_id", "updated_at")
-    list_filter = ("status",)
+    list_display = (
+        "order",
+        "status",
+        "amount",
+        "currency",
+        "charge_id",
+        "disputed_at",
+        "updated_at",
+    )
+    list_filter = ("status", ("disputed_at", admin.EmptyFieldListFilter))
     search_fields = ("=order__id", "charge_id", "idempotency_key")
 
 
@@ -374,6 +409,31 @@ class PaymentAdmin(ReadOnlyMixin, admin.ModelAdmin):
 class ShipmentAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("order", "carrier", "tracking_number", "created_at")
     search_fields = ("=order__id", "tracking_number")
+
+
+@admin.register(ProviderEvent)
+class ProviderEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = (
+        "event_id",
+        "provider",
+        "type",
+        "order",
+        "result",
+        "received_at",
+        "processed_at",
+    )
+    list_filter = ("provider", "type", "result")
+    search_fields = ("=event_id", "=order__id")
+    readonly_fields = (
+        "provider",
+        "event_id",
+        "type",
+        "order",
+        "result",
+        "received_at",
+        "processed_at",
+        "payload",
+    )
 
 
 @admin.register(IdempotencyKey)

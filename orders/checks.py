@@ -87,9 +87,34 @@ def provider_errors() -> list[str]:
             continue
         if getattr(adapter, "is_sandbox", False):
             errors.append(f"{name}={path} is a sandbox adapter, and the sandbox is off here")
+    if settings.PAYMENT_GATEWAY == "integrations.payments.StripeGateway":
+        errors += stripe_errors()
     if settings.EMAIL_BACKEND in NON_DELIVERING_EMAIL_BACKENDS:
         errors.append(f"EMAIL_BACKEND={settings.EMAIL_BACKEND} delivers no email to customers")
     return errors
+
+
+def stripe_errors() -> list[str]:
+    """Production's Stripe: over TLS, with a key and the webhook endpoint's secret."""
+    errors = []
+    if not settings.STRIPE_API_BASE.startswith("https://"):
+        errors.append(f"STRIPE_API_BASE={settings.STRIPE_API_BASE!r} is not https")
+    if not settings.STRIPE_API_KEY:
+        errors.append("STRIPE_API_KEY is not set")
+    if not settings.STRIPE_WEBHOOK_SECRET:
+        errors.append("STRIPE_WEBHOOK_SECRET is not set: Stripe's webhooks cannot be verified")
+    return errors
+
+
+def stripe_warnings() -> list[str]:
+    if (
+        settings.SANDBOX_ENABLED
+        or settings.PAYMENT_GATEWAY != "integrations.payments.StripeGateway"
+    ):
+        return []
+    if settings.STRIPE_API_KEY.startswith(("sk_test_", "rk_test_")):
+        return ["STRIPE_API_KEY is a test-mode key: no real payment is taken"]
+    return []
 
 
 def startup_errors() -> list[str]:
@@ -105,3 +130,8 @@ def check_timing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
 @checks.register("orders")
 def check_providers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     return [checks.Error(message, id="orders.E002") for message in provider_errors()]
+
+
+@checks.register("orders")
+def check_stripe_mode(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    return [checks.Warning(message, id="orders.W002") for message in stripe_warnings()]

@@ -46,6 +46,13 @@ EMAILS_ABANDONED = Counter(
     "order_confirmation_emails_abandoned_total",
     "Shipped orders completed without their confirmation email (ORDER_EMAIL_DEADLINE_SECONDS)",
 )
+PAYMENT_DISPUTES = Counter(
+    "payment_disputes_total",
+    "Charges disputed by the card holder (Stripe's charge.dispute.created)",
+)
+PAYMENTS_REFUNDED_OUTSIDE = Counter(
+    "payments_refunded_outside_total", "Refunds made at Stripe outside the backend (its dashboard)"
+)
 THROTTLE_FAIL_OPEN = Counter(
     "throttle_fail_open_total",
     "Requests let through unthrottled because the throttle's cache was unreachable",
@@ -79,6 +86,10 @@ def _count(
         COMPENSATIONS.labels(action="refund").inc()
     if step == Step.COMPENSATE and reason_code == "email_sent":
         COMPENSATIONS.labels(action="email").inc()
+    if reason_code == "disputed":
+        PAYMENT_DISPUTES.inc()
+    if reason_code == "refunded_outside":
+        PAYMENTS_REFUNDED_OUTSIDE.inc()
     if reason_code == "completed_without_email":
         EMAILS_ABANDONED.inc()
     if step == Step.RECOVERY and reason_code == "deadline":

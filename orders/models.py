@@ -52,6 +52,9 @@ class OrderStatus(models.TextChoices):
     PENDING = "pending"  # accepted; the workflow has not started yet
     RESERVING = "reserving"  # stock is being reserved, one task per line
     PAYING = "paying"  # every line is reserved; the payment is being charged
+    # The card needs the customer's authentication (3-D Secure): the shop's front end
+    # finishes it with Stripe.js; a webhook, or the sweep asking Stripe, moves the order on.
+    AWAITING_PAYMENT_ACTION = "awaiting_payment_action"
     SHIPPING = "shipping"  # the payment is captured; the shipment is being created
     CONFIRMING = "confirming"  # the shipment exists; the confirmation email is going out
     COMPLETED = "completed"  # terminal: shipped and confirmed
@@ -76,6 +79,16 @@ ORDER_TRANSITIONS: dict[str, frozenset[str]] = {
         {OrderStatus.PAYING, OrderStatus.FAILED, OrderStatus.CANCELLED}
     ),
     OrderStatus.PAYING: frozenset(
+        {
+            OrderStatus.SHIPPING,
+            OrderStatus.AWAITING_PAYMENT_ACTION,
+            OrderStatus.FAILED,
+            OrderStatus.CANCELLED,
+        }
+    ),
+    # Authenticated (shipping), refused or expired (failed), or cancelled by the shop; nothing
+    # was taken until the customer authenticated.
+    OrderStatus.AWAITING_PAYMENT_ACTION: frozenset(
         {OrderStatus.SHIPPING, OrderStatus.FAILED, OrderStatus.CANCELLED}
     ),
     # Shipment creation has begun: the customer can no longer cancel, but a carrier that
@@ -108,7 +121,7 @@ class Order(models.Model):
     )
     email = models.EmailField(blank=True)  # where the customer's emails go, copied from the user
     status = models.CharField(
-        max_length=16, choices=OrderStatus.choices, default=OrderStatus.PENDING
+        max_length=32, choices=OrderStatus.choices, default=OrderStatus.PENDING
     )
     currency = models.CharField(max_length=3)
     total = models.DecimalField(max_digits=14, decimal_places=2)
@@ -191,6 +204,7 @@ class OrderLine(models.Model):
 class PaymentStatus(models.TextChoices):
     PENDING = "pending"  # a charge was sent or is about to be; its outcome is not known yet
     CAPTURED = "captured"  # the gateway captured the amount
+    REQUIRES_ACTION = "requires_action"  # waiting for the customer's authentication (3DS)
     DECLINED = "declined"  # the gateway refused the charge; nothing was taken
     REFUNDED = "refunded"  # captured, then given back
     NOT_CHARGED = "not_charged"  # the order ended before any charge was captured
@@ -208,8 +222,19 @@ class Payment(models.Model):
     currency = models.CharField(max_length=3)
     # Sent with every charge attempt, so a retry after a timeout cannot charge twice.
     idempotency_key = models.CharField(max_length=100, unique=True)
-    charge_id = models.CharField(max_length=100, blank=True)
+    # The gateway's id for the charge (Stripe: the PaymentIntent, pi_...), stored as soon as
+    # an answer brings it: the ledger is then asked by id, not searched.
+    charge_id = models.CharField(max_length=100, blank=True, db_index=True)
     refund_id = models.CharField(max_length=100, blank=True)
+    decline_code = models.CharField(max_length=64, blank=True)
+    # While the customer must authenticate: what the shop's front end needs (Stripe.js),
+    # cleared once the payment is decided.
+    client_secret = models.CharField(max_length=200, blank=True)
+    next_action = models.JSONField(null=True, blank=True)
+    action_required_at = models.DateTimeField(null=True, blank=True)
+    # Refunded in all, by us or outside the backend (Stripe's dashboard), as the gateway says.
+    amount_refunded = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    disputed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -259,6 +284,7 @@ class Step(models.TextChoices):
     CREATE_SHIPMENT = "create_shipment"
     SEND_CONFIRMATION_EMAIL = "send_confirmation_email"
     COMPENSATE = "compensate"  # release stock, refund, tell the customer
+    PAYMENT_EVENT = "payment_event"  # the gateway told us something (a webhook)
     RECOVERY = "recovery"  # the sweep resumed or expired the order
 
 
@@ -277,6 +303,7 @@ class ActorKind(models.TextChoices):
     CUSTOMER = "customer"  # the order's owner, through the API
     STAFF = "staff"  # a staff user, through the API or the admin
     SYSTEM = "system"  # the workflow, the sweep
+    STRIPE = "stripe"  # told by Stripe's webhook: a refund or dispute made outside the backend
 
 
 class OrderEvent(models.Model):
@@ -288,7 +315,7 @@ class OrderEvent(models.Model):
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     attempt = models.PositiveIntegerField(default=1)
     # The status the order moved to with this event, if it moved.
-    status = models.CharField(max_length=16, choices=OrderStatus.choices, blank=True)
+    status = models.CharField(max_length=32, choices=OrderStatus.choices, blank=True)
     actor_kind = models.CharField(
         max_length=16, choices=ActorKind.choices, default=ActorKind.SYSTEM
     )
@@ -350,3 +377,38 @@ class PendingDispatch(models.Model):
 
     def __str__(self) -> str:
         return f"dispatch of {self.order_id}"
+
+
+class ProviderEvent(models.Model):
+    """A webhook event from a provider, recorded once by its id (a repeat is a no-op), then
+    processed by a task. Processed events keep what was done with them."""
+
+    provider = models.CharField(max_length=32)
+    event_id = models.CharField(max_length=255)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    order = models.ForeignKey(
+        Order, on_delete=models.SET_NULL, null=True, blank=True, related_name="provider_events"
+    )
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    result = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "event_id"], name="provider_event_unique_id"
+            )
+        ]
+        indexes = [
+            # The sweep sends the unprocessed ones again.
+            models.Index(
+                fields=["received_at"],
+                name="provider_event_unprocessed_idx",
+                condition=Q(processed_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.type} {self.event_id}"

@@ -20,7 +20,7 @@ from django.utils import timezone
 from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
-from . import services, steps
+from . import dispatch, payment_events, services, steps
 from .locks import lock_key, step_lock
 from .models import (
     COMPENSATED_STATUSES,
@@ -66,7 +66,14 @@ def sweep() -> dict[str, Any]:
         for order in stalled_orders(now=now):
             last_event_at = getattr(order, "last_event_at", None)  # annotated by stalled_orders
             idle = int((now - (last_event_at or order.updated_at)).total_seconds())
-            if order.status in FAILABLE_STATUSES and order.created_at < deadline:
+            # An order waiting for the customer's authentication has a deadline of its own
+            # (ORDER_PAYMENT_ACTION_DEADLINE_SECONDS), which its charge step applies.
+            waits_for_customer = order.status == OrderStatus.AWAITING_PAYMENT_ACTION
+            if (
+                order.status in FAILABLE_STATUSES
+                and not waits_for_customer
+                and order.created_at < deadline
+            ):
                 expired += _expire(order)
                 continue
             if order.status == OrderStatus.CONFIRMING and _email_waits(order, idle):
@@ -75,11 +82,26 @@ def sweep() -> dict[str, Any]:
                 order=order, detail=f"resumed at {order.status} after {idle}s without progress"
             )
             resumed += 1
+        events = _provider_events_resend()
     finally:
         _release_quietly(lock)
-    if resumed or expired:
-        logger.info("recovery sweep: resumed %s, expired %s", resumed, expired)
-    return {"resumed": resumed, "expired": expired}
+    if resumed or expired or events:
+        logger.info(
+            "recovery sweep: resumed %s, expired %s, webhook events resent %s",
+            resumed,
+            expired,
+            events,
+        )
+    return {"resumed": resumed, "expired": expired, "events": events}
+
+
+def _provider_events_resend() -> int:
+    """Webhook events recorded while the broker was down (or whose task gave up) are sent
+    to the payments queue again; processing is idempotent."""
+    pending = payment_events.unprocessed_events(older_than_seconds=settings.ORDER_STALL_SECONDS)
+    for event_pk in pending:
+        dispatch.provider_event_process(event_pk=event_pk)
+    return len(pending)
 
 
 def _email_waits(order: Order, idle: int) -> bool:

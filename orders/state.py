@@ -37,6 +37,8 @@ from .models import (
 # so that the order is never failed beside a charge or a shipment that is being made.
 STEP_IN_FLIGHT: dict[str, str] = {
     OrderStatus.PAYING: Step.CHARGE_PAYMENT,
+    # The charge step asks Stripe for the PaymentIntent and may cancel it at the deadline.
+    OrderStatus.AWAITING_PAYMENT_ACTION: Step.CHARGE_PAYMENT,
     OrderStatus.SHIPPING: Step.CREATE_SHIPMENT,
 }
 

@@ -14,7 +14,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from integrations.errors import PermanentError, ProviderError
-from integrations.payments import get_payment_gateway
+from integrations.payments import ChargeResult, ChargeStatus, GatewayCharge, get_payment_gateway
 from integrations.shipping import ShipmentResult, get_carrier
 
 from . import dispatch, services
@@ -109,45 +109,15 @@ def reserve_line(*, order_id: OrderId, line_id: int, attempt: int) -> str:
 def charge_payment(*, order_id: OrderId, attempt: int) -> None:
     with transaction.atomic():
         order = lock_order(order_id)
-        if order.status in (OrderStatus.PENDING, OrderStatus.RESERVING):
-            states = set(order.lines.values_list("reservation", flat=True))
-            if states != {LineReservation.RESERVED}:
-                # A duplicate chord callback can fire before every line is done.
-                raise StepNotReady(f"reservations not finished: {sorted(states)}")
-            # The last reservation moves the order to `paying` in its own transaction; an
-            # order found here with every line reserved was written before it did.
-            order_transition(
-                order=order,
-                to=OrderStatus.PAYING,
-                step=Step.CHARGE_PAYMENT,
-                outcome=Outcome.SUCCEEDED,
-                reason_code="reserved_all",
-                attempt=attempt,
-                detail="every line is reserved; charging",
-            )
-        elif order.status != OrderStatus.PAYING:
-            _skip(order, Step.CHARGE_PAYMENT, attempt, f"order is {order.status}")
-            return
-        payment, _ = Payment.objects.get_or_create(
-            order=order,
-            defaults={
-                "amount": order.total,
-                "currency": order.currency,
-                "idempotency_key": f"order-{order.id}-charge",
-            },
-        )
-        if payment.status == PaymentStatus.CAPTURED:  # charged by an earlier run that died
-            order_transition(
-                order=order,
-                to=OrderStatus.SHIPPING,
-                step=Step.CHARGE_PAYMENT,
-                outcome=Outcome.SKIPPED,
-                reason_code="already_done",
-                attempt=attempt,
-                data={"charge_id": payment.charge_id},
-                detail=f"already captured ({payment.charge_id})",
-            )
-            return
+        if order.status == OrderStatus.AWAITING_PAYMENT_ACTION:
+            payment = None  # charged already; the customer's authentication is asked after
+        else:
+            payment = _payment_prepare(order, attempt)
+            if payment is None:
+                return
+    if payment is None:
+        payment_action_check(order_id=order_id, attempt=attempt)
+        return
 
     # The Payment row is committed before the call: if this run dies mid-call, compensation
     # knows a charge may exist and asks the gateway. The same key on every retry means the
@@ -169,7 +139,55 @@ def charge_payment(*, order_id: OrderId, attempt: int) -> None:
             reason=f"payment error: {exc}",
         )
         return
+    _charge_record(order_id=order_id, result=result, attempt=attempt)
 
+
+def _payment_prepare(order: Order, attempt: int) -> Payment | None:
+    """Under the order's row lock: the Payment to charge, or None when there is nothing to
+    charge (the order moved on, or an earlier run that died had charged)."""
+    if order.status in (OrderStatus.PENDING, OrderStatus.RESERVING):
+        states = set(order.lines.values_list("reservation", flat=True))
+        if states != {LineReservation.RESERVED}:
+            # A duplicate chord callback can fire before every line is done.
+            raise StepNotReady(f"reservations not finished: {sorted(states)}")
+        # The last reservation moves the order to `paying` in its own transaction; an
+        # order found here with every line reserved was written before it did.
+        order_transition(
+            order=order,
+            to=OrderStatus.PAYING,
+            step=Step.CHARGE_PAYMENT,
+            outcome=Outcome.SUCCEEDED,
+            reason_code="reserved_all",
+            attempt=attempt,
+            detail="every line is reserved; charging",
+        )
+    elif order.status != OrderStatus.PAYING:
+        _skip(order, Step.CHARGE_PAYMENT, attempt, f"order is {order.status}")
+        return None
+    payment, _ = Payment.objects.get_or_create(
+        order=order,
+        defaults={
+            "amount": order.total,
+            "currency": order.currency,
+            "idempotency_key": f"order-{order.id}-charge",
+        },
+    )
+    if payment.status == PaymentStatus.CAPTURED:  # charged by an earlier run that died
+        order_transition(
+            order=order,
+            to=OrderStatus.SHIPPING,
+            step=Step.CHARGE_PAYMENT,
+            outcome=Outcome.SKIPPED,
+            reason_code="already_done",
+            attempt=attempt,
+            data={"charge_id": payment.charge_id},
+            detail=f"already captured ({payment.charge_id})",
+        )
+        return None
+    return payment
+
+
+def _charge_record(*, order_id: OrderId, result: ChargeResult, attempt: int) -> None:
     with transaction.atomic():
         order = lock_order(order_id)
         # The fence: this run's lock may have expired during the call (its worker was cut
@@ -187,9 +205,10 @@ def charge_payment(*, order_id: OrderId, attempt: int) -> None:
             )
             return
         payment = Payment.objects.select_for_update().get(order=order)
-        if not result.captured:
-            payment.status = PaymentStatus.DECLINED
-            payment.save(update_fields=["status", "updated_at"])
+        payment.charge_id = result.charge_id or payment.charge_id  # known: ask by id from now on
+        if result.status == ChargeStatus.DECLINED:
+            payment.status, payment.decline_code = PaymentStatus.DECLINED, result.decline_code
+            payment.save(update_fields=["status", "charge_id", "decline_code", "updated_at"])
             services.order_fail(
                 order_id=order.id,
                 step=Step.CHARGE_PAYMENT,
@@ -198,7 +217,26 @@ def charge_payment(*, order_id: OrderId, attempt: int) -> None:
                 reason=f"payment declined ({result.decline_code})",
             )
             return
-        payment.status, payment.charge_id = PaymentStatus.CAPTURED, result.charge_id
+        if result.status == ChargeStatus.REQUIRES_ACTION:
+            payment.status = PaymentStatus.REQUIRES_ACTION
+            payment.client_secret, payment.next_action = result.client_secret, result.next_action
+            payment.action_required_at = timezone.now()
+            payment.save()
+            if order.status == OrderStatus.PAYING:
+                order_transition(
+                    order=order,
+                    to=OrderStatus.AWAITING_PAYMENT_ACTION,
+                    step=Step.CHARGE_PAYMENT,
+                    outcome=Outcome.SUCCEEDED,
+                    reason_code="payment_requires_action",
+                    attempt=attempt,
+                    data={"charge_id": result.charge_id},
+                    detail=f"the card needs the customer's authentication ({result.charge_id})",
+                )
+            else:  # ended meanwhile: compensation cancels the PaymentIntent
+                services.compensation_reopen(order_id=order.id)
+            return
+        payment.status = PaymentStatus.CAPTURED
         payment.save(update_fields=["status", "charge_id", "updated_at"])
         data = {"charge_id": result.charge_id, "amount": str(result.amount)}
         if order.status == OrderStatus.PAYING:
@@ -226,6 +264,87 @@ def charge_payment(*, order_id: OrderId, attempt: int) -> None:
             data=data,
             detail=f"captured {result.charge_id} after the order became {order.status}; "
             "it will be refunded",
+        )
+
+
+def payment_action_deadline_passed(payment: Payment) -> bool:
+    started = payment.action_required_at or payment.updated_at
+    waited = (timezone.now() - started).total_seconds()
+    return waited > settings.ORDER_PAYMENT_ACTION_DEADLINE_SECONDS
+
+
+def payment_action_check(*, order_id: OrderId, attempt: int) -> None:
+    """An order waiting for the customer's authentication: ask the gateway what became of
+    its charge (never trust a webhook's copy, which may be old or come out of order) and move
+    the order on. Past ORDER_PAYMENT_ACTION_DEADLINE_SECONDS the charge is cancelled at the
+    gateway first; if the customer authenticated in that moment, the cancel is refused and
+    the order goes on as paid."""
+    payment = Payment.objects.get(order_id=order_id)
+    gateway = get_payment_gateway()
+    charge = gateway.retrieve(charge_id=payment.charge_id)
+    expired = charge.status == ChargeStatus.REQUIRES_ACTION and payment_action_deadline_passed(
+        payment
+    )
+    if expired:
+        try:
+            charge = gateway.cancel(
+                charge_id=payment.charge_id, idempotency_key=f"order-{order_id}-cancel"
+            )
+        except PermanentError as exc:
+            if exc.code != "payment_intent_unexpected_state":
+                raise
+            charge = gateway.retrieve(charge_id=payment.charge_id)
+    with transaction.atomic():
+        order = lock_order(order_id)
+        if order.status != OrderStatus.AWAITING_PAYMENT_ACTION:
+            _skip(order, Step.CHARGE_PAYMENT, attempt, f"order is {order.status}")
+            return
+        payment = Payment.objects.select_for_update().get(order=order)
+        if charge.status == ChargeStatus.REQUIRES_ACTION:
+            return  # still with the customer; the sweep asks again
+        payment.client_secret, payment.next_action = "", None
+        data = {"charge_id": charge.charge_id, "gateway_status": charge.status}
+        if charge.status == ChargeStatus.CAPTURED:
+            payment.status = PaymentStatus.CAPTURED
+            payment.save()
+            order_transition(
+                order=order,
+                to=OrderStatus.SHIPPING,
+                step=Step.CHARGE_PAYMENT,
+                outcome=Outcome.SUCCEEDED,
+                reason_code="captured",
+                attempt=attempt,
+                data=data,
+                detail=f"the customer authenticated; captured {charge.amount} "
+                f"{payment.currency} ({charge.charge_id})",
+            )
+            return
+        if charge.status == ChargeStatus.DECLINED:
+            payment.status, payment.decline_code = PaymentStatus.DECLINED, charge.decline_code
+            reason_code, reason = (
+                "payment_authentication_failed",
+                f"payment authentication failed ({charge.decline_code or 'declined'})",
+            )
+        elif expired:
+            payment.status = PaymentStatus.NOT_CHARGED
+            reason_code = "payment_action_expired"
+            reason = (
+                "the customer did not authenticate the payment within "
+                f"{settings.ORDER_PAYMENT_ACTION_DEADLINE_SECONDS}s"
+            )
+        else:  # cancelled at the gateway (its dashboard), or another state we cannot go on from
+            payment.status = PaymentStatus.NOT_CHARGED
+            reason_code, reason = (
+                "payment_canceled",
+                f"the payment is {charge.status} at the gateway",
+            )
+        payment.save()
+        services.order_fail(
+            order_id=order.id,
+            step=Step.CHARGE_PAYMENT,
+            attempt=attempt,
+            reason_code=reason_code,
+            reason=reason,
         )
 
 
@@ -439,8 +558,8 @@ def compensate(*, order_id: OrderId, attempt: int) -> None:
     if order.status not in COMPENSATED_STATUSES or order.compensated_at:
         return
     payment = Payment.objects.filter(order=order).first()
-    if payment and payment.status in (PaymentStatus.PENDING, PaymentStatus.CAPTURED):
-        _refund_captured_charges(order=order, payment=payment, attempt=attempt)
+    if payment and payment.status in SETTLED_BY_COMPENSATION:
+        _settle_charges(order=order, payment=payment, attempt=attempt)
     kind = (
         NotificationKind.FAILURE
         if order.status == OrderStatus.FAILED
@@ -460,34 +579,83 @@ def compensate(*, order_id: OrderId, attempt: int) -> None:
     services.compensation_done(order_id=order.id)
 
 
-def _refund_captured_charges(*, order: Order, payment: Payment, attempt: int) -> None:
-    # After a timeout our own record may say "pending" while the gateway captured: the
-    # gateway's ledger decides what is refunded.
+# Payments whose charge may hold money, or could still take it (a PaymentIntent that is
+# declined or awaits authentication can be confirmed later with its client secret).
+SETTLED_BY_COMPENSATION = frozenset(
+    {
+        PaymentStatus.PENDING,
+        PaymentStatus.CAPTURED,
+        PaymentStatus.REQUIRES_ACTION,
+        PaymentStatus.DECLINED,
+    }
+)
+
+
+def _ledger(payment: Payment) -> list[GatewayCharge]:
+    """The order's charges as the gateway has them: by id where an answer brought it,
+    otherwise the gateway's own search (which raises rather than guess "none")."""
     gateway = get_payment_gateway()
-    refund_ids = []
-    for charge in gateway.list_charges(order_id=str(order.id)):
-        if charge.status != "captured":
+    if payment.charge_id:
+        return [gateway.retrieve(charge_id=payment.charge_id)]
+    return gateway.find_charges(
+        order_id=str(payment.order_id),
+        idempotency_key=payment.idempotency_key,
+        amount=payment.amount,
+        currency=payment.currency,
+    )
+
+
+def _settle_charges(*, order: Order, payment: Payment, attempt: int) -> None:
+    # After a timeout our own record may say "pending" while the gateway captured: the
+    # gateway's ledger decides what is refunded, and what is still open is cancelled.
+    gateway = get_payment_gateway()
+    refund_ids, cancelled = [], []
+    for charge in _ledger(payment):
+        if charge.status in ChargeStatus.OPEN:
+            try:
+                gateway.cancel(
+                    charge_id=charge.charge_id, idempotency_key=f"cancel-{charge.charge_id}"
+                )
+                cancelled.append(charge.charge_id)
+                continue
+            except PermanentError as exc:
+                if exc.code != "payment_intent_unexpected_state":
+                    raise
+                # The customer authenticated in this very moment: it is captured now.
+                charge = gateway.retrieve(charge_id=charge.charge_id)
+        if charge.status != ChargeStatus.CAPTURED:
             continue
         if charge.refunded:
-            refund_ids.append("")
+            refund_ids.append(next((r[0] for r in charge.refunds), ""))
             continue
         refund = gateway.refund(
-            charge_id=charge.charge_id, idempotency_key=f"refund-{charge.charge_id}"
+            charge_id=charge.charge_id,
+            order_id=str(order.id),
+            idempotency_key=f"refund-{charge.charge_id}",
         )
         refund_ids.append(refund.refund_id)
-    payment.status = PaymentStatus.REFUNDED if refund_ids else PaymentStatus.NOT_CHARGED
-    payment.refund_id = refund_ids[0] if refund_ids else ""
-    payment.save(update_fields=["status", "refund_id", "updated_at"])
+    if refund_ids:
+        payment.status, payment.amount_refunded = PaymentStatus.REFUNDED, payment.amount
+    elif payment.status != PaymentStatus.DECLINED:
+        payment.status = PaymentStatus.NOT_CHARGED
+    payment.refund_id = next((r for r in refund_ids if r), "")
+    payment.client_secret, payment.next_action = "", None
+    payment.save()
     event_record(
         order=order,
         step=Step.COMPENSATE,
         outcome=Outcome.SUCCEEDED,
         attempt=attempt,
         reason_code="refunded" if refund_ids else "nothing_to_refund",
-        data={"amount": str(payment.amount), "refund_ids": [r for r in refund_ids if r]},
+        data={
+            "amount": str(payment.amount),
+            "refund_ids": [r for r in refund_ids if r],
+            "cancelled": cancelled,
+        },
         detail=(
             f"refunded {payment.amount} {payment.currency}"
             if refund_ids
             else "no captured charge to refund"
+            + (f"; cancelled {', '.join(cancelled)}" if cancelled else "")
         ),
     )

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from integrations.errors import TransientError
 
-from . import dispatch, idempotency, recovery, services, steps
+from . import dispatch, idempotency, payment_events, recovery, services, steps
 from .errors import StepNotReady
 from .locks import StepBusy, UniqueStepTask
 from .models import Order, OrderId, Outcome, Step
@@ -275,3 +275,17 @@ def relay_dispatches() -> int:
 @shared_task(name=TaskName.PURGE_IDEMPOTENCY_KEYS, ignore_result=True)
 def purge_idempotency_keys() -> int:
     return idempotency.purge_expired()
+
+
+@shared_task(
+    name=TaskName.PROCESS_PROVIDER_EVENT,
+    ignore_result=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=settings.TASK_RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    max_retries=settings.TASK_MAX_RETRIES,
+)
+def process_provider_event(*, event_pk: int) -> str:
+    # Retries used up: the event stays unprocessed and the recovery sweep sends it again.
+    return payment_events.stripe_event_process(event_pk=event_pk)

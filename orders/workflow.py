@@ -30,6 +30,7 @@ class TaskName:
     SWEEP_STALLED_ORDERS = "orders.sweep_stalled_orders"
     RELAY_DISPATCHES = "orders.relay_dispatches"
     PURGE_IDEMPOTENCY_KEYS = "orders.purge_idempotency_keys"
+    PROCESS_PROVIDER_EVENT = "orders.process_provider_event"
 
 
 def _step(name: str, *, immutable: bool = True, **kwargs: object) -> Signature:
@@ -50,6 +51,10 @@ def build(
             _step(TaskName.CHARGE_PAYMENT, immutable=False, order_id=oid),
         )
         return chain(reserve, ship, confirm)
+    if from_status == OrderStatus.AWAITING_PAYMENT_ACTION:
+        # Only the charge step, which asks the gateway; if the customer has authenticated
+        # it moves the order to shipping and sends the rest (orders/steps.py).
+        return _step(TaskName.CHARGE_PAYMENT, order_id=oid)
     if from_status == OrderStatus.PAYING:
         return chain(_step(TaskName.CHARGE_PAYMENT, order_id=oid), ship, confirm)
     if from_status == OrderStatus.SHIPPING:
@@ -57,6 +62,11 @@ def build(
     if from_status == OrderStatus.CONFIRMING:
         return confirm
     raise ValueError(f"no workflow from status {from_status!r}")
+
+
+def provider_event(*, event_pk: int) -> Signature:
+    """Process a recorded webhook event (orders/payment_events.py)."""
+    return _step(TaskName.PROCESS_PROVIDER_EVENT, event_pk=event_pk)
 
 
 def compensation(*, order_id: OrderId) -> Signature:

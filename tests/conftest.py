@@ -94,6 +94,15 @@ def pipeline_worker(celery_session_app, django_db_blocker):
         _close_other_connections()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_connection_outlives_the_run(django_db_setup, django_db_blocker):
+    """Threads of the sandbox (its webhook deliveries) and of the live server may still hold
+    a connection when the run ends; the test database can only be dropped without them."""
+    yield
+    with django_db_blocker.unblock():
+        _close_other_connections()
+
+
 def _close_other_connections() -> None:
     """Worker and live-server threads leave connections open; the test database can only be
     dropped without them."""
@@ -111,6 +120,7 @@ def _close_other_connections() -> None:
 def sandbox(live_server, settings):
     """Point the adapters at the sandbox providers served by the live test server."""
     settings.SANDBOX_URL = f"{live_server.url}/sandbox/"
+    settings.STRIPE_API_BASE = f"{live_server.url}/sandbox/stripe"
     return live_server
 
 

@@ -11,8 +11,9 @@ calls do is scripted, one word per call, popped in order (an empty script means 
 
 Words: "ok"; "timeout" (TransientError, nothing done); "timeout_after_success" (done and
 recorded, then TransientError: the answer was lost); "decline" (a declined charge);
-"reject" (PermanentError); "unreachable" (TransientError for ledger reads too, until the
-script is empty). `reset()` empties ledgers and scripts; the `fakes` fixture does it.
+"requires_action" (3-D Secure: the charge waits for the customer; `FakeGateway.authenticate`
+acts for them); "reject" (PermanentError); "unreachable" (TransientError for ledger reads
+too, until the script is empty). `reset()` empties ledgers and scripts; the `fakes` fixture does it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from decimal import Decimal
 from typing import ClassVar
 
 from integrations.errors import PermanentError, TransientError
-from integrations.payments import ChargeResult, GatewayCharge, RefundResult
+from integrations.payments import ChargeResult, ChargeStatus, GatewayCharge, RefundResult
 from integrations.shipping import ShipmentResult
 
 _ids = itertools.count(1)
@@ -98,23 +99,56 @@ class FakeGateway(_Scripted):
             meanwhile()
         existing = self.charges.get(idempotency_key)
         if existing is None:
-            status = "declined" if word == "decline" else "captured"
+            status = {
+                "decline": ChargeStatus.DECLINED,
+                "requires_action": ChargeStatus.REQUIRES_ACTION,
+            }.get(word, ChargeStatus.CAPTURED)
             existing = self.charges[idempotency_key] = _Charge(
-                charge_id=f"ch_fake_{next(_ids)}", order_id=order_id, amount=amount, status=status
+                charge_id=f"pi_fake_{next(_ids)}", order_id=order_id, amount=amount, status=status
             )
         if word == "timeout_after_success":
             raise TransientError("charge: timed out after the gateway captured (fake)")
-        if existing.status == "declined":
-            return ChargeResult(status="declined", decline_code="card_declined")
-        return ChargeResult(status="captured", charge_id=existing.charge_id, amount=amount)
+        return ChargeResult(
+            status=existing.status,
+            charge_id=existing.charge_id,
+            amount=amount,
+            decline_code="card_declined" if existing.status == ChargeStatus.DECLINED else "",
+            client_secret=f"{existing.charge_id}_secret"
+            if existing.status == ChargeStatus.REQUIRES_ACTION
+            else "",
+        )
 
-    def refund(self, *, charge_id: str, idempotency_key: str) -> RefundResult:
+    def _find(self, charge_id: str) -> _Charge:
+        return next(c for c in self.charges.values() if c.charge_id == charge_id)
+
+    def _as_gateway(self, charge: _Charge) -> GatewayCharge:
+        refunds = tuple(
+            (r.refund_id, r.amount, True)
+            for r in self.refunds.values()
+            if r.charge_id == charge.charge_id
+        )
+        return GatewayCharge(
+            charge.charge_id, charge.status, charge.amount, charge.refunded, refunds=refunds
+        )
+
+    def retrieve(self, *, charge_id: str) -> GatewayCharge:
+        self._check_reachable("retrieve")
+        self._book.calls.append("retrieve")  # a read: the script is for what acts
+        return self._as_gateway(self._find(charge_id))
+
+    def find_charges(
+        self, *, order_id: str, idempotency_key: str, amount: Decimal, currency: str
+    ) -> list[GatewayCharge]:
+        self._check_reachable("find_charges")
+        return [self._as_gateway(c) for c in self.charges.values() if c.order_id == order_id]
+
+    def refund(self, *, charge_id: str, order_id: str, idempotency_key: str) -> RefundResult:
         self._check_reachable("refund")
         word = self._next("refund")
         if word == "timeout":
             raise TransientError("refund: timed out (fake)")
         if idempotency_key not in self.refunds:
-            charge = next(c for c in self.charges.values() if c.charge_id == charge_id)
+            charge = self._find(charge_id)
             charge.refunded = True
             self.refunds[idempotency_key] = RefundResult(
                 refund_id=f"re_fake_{next(_ids)}", charge_id=charge_id, amount=charge.amount
@@ -123,13 +157,23 @@ class FakeGateway(_Scripted):
             raise TransientError("refund: timed out after the gateway refunded (fake)")
         return self.refunds[idempotency_key]
 
-    def list_charges(self, *, order_id: str) -> list[GatewayCharge]:
-        self._check_reachable("list_charges")
-        return [
-            GatewayCharge(c.charge_id, c.status, c.amount, c.refunded)
-            for c in self.charges.values()
-            if c.order_id == order_id
-        ]
+    def cancel(self, *, charge_id: str, idempotency_key: str) -> GatewayCharge:
+        self._check_reachable("cancel")
+        self._book.calls.append("cancel")
+        charge = self._find(charge_id)
+        if charge.status not in ChargeStatus.OPEN:
+            raise PermanentError(
+                f"cannot cancel a {charge.status} charge (fake)",
+                code="payment_intent_unexpected_state",
+            )
+        charge.status = ChargeStatus.CANCELED
+        return self._as_gateway(charge)
+
+    @classmethod
+    def authenticate(cls, order_id: object, *, succeed: bool = True) -> None:
+        """The customer's side of 3-D Secure."""
+        [charge] = cls.ledger(order_id)
+        charge.status = ChargeStatus.CAPTURED if succeed else ChargeStatus.DECLINED
 
     @classmethod
     def ledger(cls, order_id: object) -> list[_Charge]:

@@ -12,6 +12,14 @@ from typing import Any
 import requests
 
 TERMINAL = ("completed", "failed", "cancelled")
+# The fields of an order's `payment` that stay empty for a plain captured charge.
+NO_PAYMENT_EXTRAS = {
+    "amount_refunded": "0.00",
+    "decline_code": "",
+    "disputed": False,
+    "client_secret": None,
+    "next_action": None,
+}
 
 # Timings for real-process tests: seconds instead of minutes, in the order orders/checks.py
 # requires (each test asserts it with tests.procs.timing_errors_under).
@@ -158,9 +166,58 @@ def _sandbox_list(base_url: str, path: str, order_id: Any = None) -> list[dict]:
     return response.json()["results"]
 
 
+STRIPE_TEST_KEY = "sk_test_sandbox"
+
+
+def stripe_list(base_url: str, path: str, **params: Any) -> list[dict]:
+    """Every object of a list endpoint of the sandbox's Stripe, page by page, as a client of
+    Stripe's API reads them."""
+    found: list[dict] = []
+    while True:
+        response = requests.get(
+            f"{base_url}/sandbox/stripe/v1/{path}",
+            params={"limit": 100, **params},
+            headers={"Authorization": f"Bearer {STRIPE_TEST_KEY}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        page = response.json()
+        found += page["data"]
+        if not page["has_more"]:
+            return found
+        params["starting_after"] = page["data"][-1]["id"]
+
+
 def gateway_ledger(base_url: str, order_id: Any = None) -> list[dict]:
-    """The sandbox gateway's charges (of one order, or all), read over HTTP."""
-    return _sandbox_list(base_url, "payments/charges/", order_id)
+    """The sandbox Stripe's PaymentIntents (of one order, or all), oldest first, read over its
+    API: {"id", "order", "status" (Stripe's: succeeded, requires_action, canceled, ...),
+    "amount" (in the currency's units, as "12.50"), "refunded", "refunds"}. The empty
+    PaymentIntents the gateway creates to probe an idempotency key (never confirmed, so they
+    can take no money) are left out."""
+    from integrations.payments import minor_unit_exponent
+
+    refunds: dict[str, list[dict]] = {}
+    for refund in stripe_list(base_url, "refunds"):
+        refunds.setdefault(refund["payment_intent"], []).append(refund)
+    ledger = []
+    for intent in reversed(stripe_list(base_url, "payment_intents")):
+        order = intent["metadata"].get("order_id")
+        if intent["metadata"].get("probe") or (order_id and order != str(order_id)):
+            continue
+        exponent = minor_unit_exponent(intent["currency"])
+        own = refunds.get(intent["id"], [])
+        ledger.append(
+            {
+                "id": intent["id"],
+                "order": order,
+                "status": intent["status"],
+                "amount": f"{intent['amount'] / 10**exponent:.{exponent}f}",
+                "currency": intent["currency"],
+                "refunded": sum(r["amount"] for r in own) >= intent["amount"],
+                "refunds": own,
+            }
+        )
+    return ledger
 
 
 def carrier_ledger(base_url: str, order_id: Any = None) -> list[dict]:

@@ -62,6 +62,7 @@ _OWN_PREFIXES = (
     "THROTTLE_",
     "IDEMPOTENCY_",
     "SENTRY_",
+    "STRIPE_",
 )
 _OWN_NAMES = {
     "PROMETHEUS_MULTIPROC_DIR",
@@ -359,6 +360,7 @@ class Stack:
                 "REDIS_URL": self.redis.url,
                 "CELERY_BROKER_URL": self.broker_url,
                 "SANDBOX_URL": f"{self.web_url}/sandbox/",
+                "STRIPE_API_BASE": f"{self.web_url}/sandbox/stripe",
                 "EMAIL_HOST": HOST,
                 "EMAIL_PORT": str(self.smtp.port),
                 "PYTHONUNBUFFERED": "1",

@@ -66,7 +66,7 @@ def test_a_shipment_created_before_a_timeout_completes_the_order(stack_factory):
     [carried] = carrier_ledger(stack.web_url, order_id)
     assert Shipment.objects.get(order=order).tracking_number == carried["tracking_number"]
     charges = gateway_ledger(stack.web_url, order_id)
-    assert [(c["status"], c["refunded"]) for c in charges] == [("captured", False)]
+    assert [(c["status"], c["refunded"]) for c in charges] == [("succeeded", False)]
     assert order.payment.status == "captured"
     codes = reason_codes(order)
     assert "shipment_found" in codes and "transient_error" in codes

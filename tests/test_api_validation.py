@@ -186,7 +186,8 @@ def test_an_overlong_address_field_is_refused(refused):
         "TOK_OK",
         "tok_ok!",
         "tok_" + "a" * 65,
-        "pm_card_visa",
+        "pm_card-visa",
+        "card_visa",
         "",
         None,
         4242424242424242,
@@ -196,6 +197,12 @@ def test_an_overlong_address_field_is_refused(refused):
 def test_an_unknown_payment_token_format_is_refused(refused, payment_token):
     payload = order_payload(("MUG-001", 1), token=payment_token)
     assert "payment_token" in refused(payload)["fields"]
+
+
+@pytest.mark.parametrize("payment_token", ["pm_card_visa", "pm_1MqLiJLkdIwHu7ixUEgbFdYF", "tok_ok"])
+def test_stripe_payment_method_ids_are_accepted(api, product, payment_token):
+    response = api.post(URL, order_payload(("MUG-001", 1), token=payment_token))
+    assert response.status_code == 201, response.content
 
 
 def test_a_missing_payment_token_is_refused(refused):

@@ -99,6 +99,6 @@ def test_a_rabbitmq_restart_loses_no_message_and_fails_no_order(stack_factory):
     assert not stack.crashed_workers
     for order in orders:
         charges = gateway_ledger(stack.web_url, order.id)
-        assert [(c["status"], c["refunded"]) for c in charges] == [("captured", False)], charges
+        assert [(c["status"], c["refunded"]) for c in charges] == [("succeeded", False)], charges
     subjects = sorted(stack.smtp.subjects())
     assert subjects == sorted(f"Your order {o.id} is confirmed" for o in orders)

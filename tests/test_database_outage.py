@@ -196,7 +196,7 @@ def test_orders_survive_postgresql_stopping_for_ten_seconds(stack_factory, postg
     assert shipments == ORDERS
     for order_id in client.accepted.values():
         charges = gateway_ledger(stack.web_url, order_id)
-        assert [(c["status"], c["refunded"]) for c in charges] == [("captured", False)]
+        assert [(c["status"], c["refunded"]) for c in charges] == [("succeeded", False)]
     assert sorted(stack.smtp.subjects()) == sorted(
         f"Your order {i} is confirmed" for i in client.accepted.values()
     )

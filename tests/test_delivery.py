@@ -24,12 +24,12 @@ from tests.procs import timing_errors_under
 
 pytestmark = pytest.mark.slow
 
-CHARGES = "/sandbox/payments/charges/"
+CHARGES = "/sandbox/stripe/v1/payment_intents"
 
 
 def assert_charged_once(stack, order) -> None:
     charges = gateway_ledger(stack.web_url, order.id)
-    assert [(c["status"], c["refunded"]) for c in charges] == [("captured", False)], charges
+    assert [(c["status"], c["refunded"]) for c in charges] == [("succeeded", False)], charges
     assert order.payment.status == "captured"
     assert timeline(order).count(("charge_payment", "succeeded")) == 1
     assert timeline(order).count(("order", "succeeded")) == 1

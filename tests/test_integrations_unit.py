@@ -4,6 +4,7 @@ a real SMTP server (aiosmtpd) that answers with chosen codes."""
 
 import socket
 from decimal import Decimal
+from urllib.parse import parse_qsl
 
 import pytest
 import requests
@@ -13,7 +14,7 @@ from aiosmtpd.controller import Controller
 from integrations import http
 from integrations.email import send_email
 from integrations.errors import PermanentError, TransientError
-from integrations.payments import SandboxPaymentGateway
+from integrations.payments import StripeGateway
 from tests.services import free_port
 
 URL = "https://provider.invalid/v1/things/"
@@ -81,34 +82,132 @@ def test_the_idempotency_key_and_the_timeouts_are_sent(mocked):
     assert request.req_kwargs["timeout"] == (1.5, 4.0)
 
 
-@pytest.mark.parametrize("code", ["card_declined", "invalid_token"])
-def test_the_gateway_adapter_turns_a_decline_into_a_declined_result(mocked, settings, code):
-    settings.SANDBOX_URL = "https://provider.invalid/sandbox/"
+STRIPE = "https://stripe.invalid"
+INTENTS = f"{STRIPE}/v1/payment_intents"
+
+
+@pytest.fixture
+def gateway(mocked, settings):
+    settings.STRIPE_API_BASE = STRIPE
+    settings.STRIPE_API_KEY = "sk_test_unit"
+    return StripeGateway()
+
+
+def charge(gateway, amount="12.50", currency="EUR"):
+    return gateway.charge(
+        order_id="o-1",
+        amount=Decimal(amount),
+        currency=currency,
+        token="pm_card_visa",
+        idempotency_key="order-o-1-charge",
+    )
+
+
+def test_the_charge_is_one_confirmed_payment_intent_with_the_orders_key(mocked, gateway):
     mocked.post(
-        "https://provider.invalid/sandbox/payments/charges/",
-        json={"error": {"code": code}},
+        INTENTS,
+        json={
+            "id": "pi_1",
+            "object": "payment_intent",
+            "status": "succeeded",
+            "amount": 1500,
+            "currency": "jpy",
+        },
+    )
+
+    result = charge(gateway, amount="1500", currency="JPY")
+
+    request = mocked.calls[0].request
+    assert request.headers["Idempotency-Key"] == "order-o-1-charge"
+    assert request.headers["Authorization"] == "Bearer sk_test_unit"
+    sent = dict(parse_qsl(request.body))  # Stripe's form encoding, bracketed keys
+    assert sent["amount"] == "1500"  # JPY has no minor unit
+    assert sent["currency"] == "jpy" and sent["confirm"] == "true"
+    assert sent["metadata[order_id]"] == "o-1"
+    assert request.req_kwargs["timeout"] == (1.5, 4.0)  # ours, not the SDK's 80 s
+    assert (result.captured, result.charge_id, result.amount) == (True, "pi_1", Decimal("1500"))
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 409])
+def test_stripes_throttling_and_server_errors_are_transient_and_not_retried_inside(
+    mocked, gateway, status
+):
+    mocked.post(INTENTS, json={"error": {"type": "api_error", "message": "busy"}}, status=status)
+
+    with pytest.raises(TransientError):
+        charge(gateway)
+    assert len(mocked.calls) == 1  # our step retries, with a backoff the timeline shows
+
+
+def test_a_dropped_connection_is_transient(mocked, gateway):
+    mocked.post(INTENTS, body=requests.ConnectionError())
+
+    with pytest.raises(TransientError):
+        charge(gateway)
+
+
+def test_a_card_error_is_a_declined_result_with_its_decline_code(mocked, gateway):
+    mocked.post(
+        INTENTS,
         status=402,
+        json={
+            "error": {
+                "type": "card_error",
+                "code": "card_declined",
+                "decline_code": "insufficient_funds",
+                "message": "Your card has insufficient funds.",
+                "payment_intent": {"id": "pi_d", "object": "payment_intent"},
+            }
+        },
     )
 
-    result = SandboxPaymentGateway().charge(
-        order_id="o", amount=Decimal("1"), currency="EUR", token="t", idempotency_key="k"
+    result = charge(gateway)
+
+    assert (result.status, result.decline_code, result.charge_id) == (
+        "declined",
+        "insufficient_funds",
+        "pi_d",
     )
 
-    assert (result.captured, result.decline_code) == (False, code)
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (400, {"type": "invalid_request_error", "code": "resource_missing"}, "resource_missing"),
+        (400, {"type": "idempotency_error"}, "idempotency_error"),
+        (401, {"type": "invalid_request_error"}, "http_401"),
+    ],
+)
+def test_other_refusals_are_permanent_with_stripes_code(mocked, gateway, status, body, code):
+    mocked.post(INTENTS, json={"error": {"message": "no", **body}}, status=status)
+
+    with pytest.raises(PermanentError) as caught:
+        charge(gateway)
+    assert caught.value.code == code
 
 
-def test_the_gateway_adapter_keeps_other_refusals_permanent(mocked, settings):
-    settings.SANDBOX_URL = "https://provider.invalid/sandbox/"
+def test_requires_action_brings_what_the_front_end_needs(mocked, gateway):
+    next_action = {"type": "use_stripe_sdk", "use_stripe_sdk": {"type": "three_d_secure_redirect"}}
     mocked.post(
-        "https://provider.invalid/sandbox/payments/charges/",
-        json={"error": {"code": "invalid_request"}},
-        status=400,
+        INTENTS,
+        json={
+            "id": "pi_3ds",
+            "object": "payment_intent",
+            "status": "requires_action",
+            "amount": 1250,
+            "currency": "eur",
+            "client_secret": "pi_3ds_secret_x",
+            "next_action": next_action,
+        },
     )
 
-    with pytest.raises(PermanentError):
-        SandboxPaymentGateway().charge(
-            order_id="o", amount=Decimal("1"), currency="EUR", token="t", idempotency_key="k"
-        )
+    result = charge(gateway)
+
+    assert (result.status, result.client_secret, result.next_action) == (
+        "requires_action",
+        "pi_3ds_secret_x",
+        next_action,
+    )
 
 
 # --- SMTP ---------------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ def test_orders_placed_while_redis_is_down_are_accepted_and_start_when_it_is_bac
     assert took < 60  # the relay, not the 300 s stall sweep
     assert Order.objects.count() == 20
     for order_id in ids:
-        assert [c["status"] for c in gateway_ledger(stack.web_url, order_id)] == ["captured"]
+        assert [c["status"] for c in gateway_ledger(stack.web_url, order_id)] == ["succeeded"]
     assert sorted(stack.smtp.subjects()) == sorted(f"Your order {i} is confirmed" for i in ids)
     assert PendingDispatch.objects.count() == 0
     assert "not throttling" in stack.web.log()

@@ -155,7 +155,7 @@ def _run(stack, cut_off, proxies, capsys) -> None:
     for charge in gateway_ledger(stack.web_url):
         charges[charge["order"]].append((charge["status"], charge["refunded"]))
     assert {str(o.id): charges[str(o.id)] for o in orders} == {
-        str(o.id): [("captured", False)] for o in orders
+        str(o.id): [("succeeded", False)] for o in orders
     }
     shipments = Counter(s["order"] for s in carrier_ledger(stack.web_url))
     assert shipments == Counter({str(o.id): 1 for o in orders})

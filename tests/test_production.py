@@ -74,7 +74,7 @@ def test_production_refuses_to_start_without_a_strong_secret_key(key):
 
 @pytest.mark.parametrize(
     "name",
-    ["DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "PAYMENT_GATEWAY", "SHIPPING_CARRIER", "EMAIL_HOST"],
+    ["DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "SHIPPING_CARRIER", "EMAIL_HOST"],
 )
 def test_production_refuses_to_start_without_its_other_required_settings(name):
     result = run(["-c", "import config.settings.production"], **{name: None})
@@ -85,7 +85,6 @@ def test_production_refuses_to_start_without_its_other_required_settings(name):
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("PAYMENT_GATEWAY", "integrations.payments.SandboxPaymentGateway"),
         ("SHIPPING_CARRIER", "integrations.shipping.SandboxCarrier"),
         ("PAYMENT_GATEWAY", "payments.does.not.Exist"),
     ],
@@ -95,6 +94,40 @@ def test_production_refuses_the_sandbox_adapters(name, value):
 
     assert result.returncode != 0
     assert "orders.E002" in result.stderr and value in result.stderr
+
+
+STRIPE_PRODUCTION = {
+    "PAYMENT_GATEWAY": None,  # the default: Stripe
+    "STRIPE_API_KEY": "sk_live_" + "x" * 24,
+    "STRIPE_WEBHOOK_SECRET": "whsec_" + "y" * 24,
+}
+
+
+def test_production_pays_through_stripe_by_default_and_checks_it_quietly():
+    result = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], **STRIPE_PRODUCTION)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("STRIPE_API_BASE", "http://127.0.0.1:8000/sandbox/stripe", "is not https"),
+        ("STRIPE_API_KEY", None, "STRIPE_API_KEY is not set"),
+        ("STRIPE_WEBHOOK_SECRET", None, "STRIPE_WEBHOOK_SECRET is not set"),
+    ],
+)
+def test_production_refuses_stripe_without_tls_a_key_or_the_webhook_secret(name, value, says):
+    result = run(["manage.py", "check"], **{**STRIPE_PRODUCTION, name: value})
+
+    assert result.returncode != 0
+    assert "orders.E002" in result.stderr and says in result.stderr
+
+
+def test_a_test_mode_stripe_key_in_production_is_a_warning_not_an_error():
+    test_key = {**STRIPE_PRODUCTION, "STRIPE_API_KEY": "sk_test_" + "x" * 24}
+    assert run(["manage.py", "check"], **test_key).returncode == 0
+    warned = run(["manage.py", "check", "--fail-level", "WARNING"], **test_key)
+    assert warned.returncode != 0 and "orders.W002" in warned.stderr
 
 
 def test_a_production_worker_refuses_to_start_on_the_sandbox():
@@ -117,20 +150,20 @@ from django.urls import Resolver404, resolve
 
 def sandbox_resolves():
     try:
-        resolve("/sandbox/payments/charges/")
+        resolve("/sandbox/stripe/v1/payment_intents")
     except Resolver404:
         return False
     return True
 
 client = Client(HTTP_HOST="orders.example.com")
-secure = client.get("/sandbox/payments/charges/", secure=True)
+secure = client.get("/sandbox/stripe/v1/payment_intents", secure=True)
 print(json.dumps({
     "secret_key": settings.SECRET_KEY,
     "debug": settings.DEBUG,
     "sandbox_app": any(app.startswith("integrations.sandbox") for app in settings.INSTALLED_APPS),
     "sandbox_resolves": sandbox_resolves(),
     "sandbox_status": secure.status_code,
-    "sandbox_post_status": client.post("/sandbox/payments/charges/", "{}",
+    "sandbox_post_status": client.post("/sandbox/stripe/v1/payment_intents", "{}",
                                        content_type="application/json", secure=True).status_code,
     "hsts": secure.headers.get("Strict-Transport-Security"),
     "http_redirect": client.get("/api/orders/").headers.get("Location"),
@@ -162,7 +195,7 @@ def test_the_sandbox_routes_exist_under_the_test_settings_only():
     from django.urls import resolve
 
     assert settings.SANDBOX_ENABLED
-    resolve("/sandbox/payments/charges/")  # the contrast: here they do
+    resolve("/sandbox/stripe/v1/payment_intents")  # the contrast: here they do
 
 
 def test_secrets_come_from_the_environment_and_debug_stays_off(production):
@@ -335,7 +368,8 @@ def test_the_local_settings_run_the_sandbox_with_debug_on(monkeypatch):
 
     assert local.DEBUG is True and local.SANDBOX_ENABLED is True
     assert "integrations.sandbox" in local.INSTALLED_APPS
-    assert local.PAYMENT_GATEWAY == "integrations.payments.SandboxPaymentGateway"
+    assert local.PAYMENT_GATEWAY == "integrations.payments.StripeGateway"
+    assert local.STRIPE_API_BASE == "http://127.0.0.1:8000/sandbox/stripe"  # the same server
 
 
 def test_the_flower_proxy_checks_every_credential_in_constant_time(monkeypatch):

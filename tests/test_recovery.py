@@ -70,7 +70,7 @@ def test_resume_starts_from_the_step_the_order_reached(lost_order, settings, led
     Product.objects.filter(sku="MUG-001").update(stock=8)
     _age(order, settings.ORDER_STALL_SECONDS + 1)
 
-    assert recovery.sweep() == {"resumed": 1, "expired": 0}
+    assert recovery.sweep() == {"resumed": 1, "expired": 0, "events": 0}
 
     order = wait_for_order(order.id)
     assert order.status == "completed"
@@ -83,7 +83,7 @@ def test_an_order_that_is_moving_is_left_alone(lost_order, settings):
     order = lost_order()
     _age(order, settings.ORDER_STALL_SECONDS - 5)
 
-    assert recovery.sweep() == {"resumed": 0, "expired": 0}
+    assert recovery.sweep() == {"resumed": 0, "expired": 0, "events": 0}
     assert Order.objects.get(pk=order.pk).status == "pending"
 
 
@@ -96,7 +96,7 @@ def test_an_order_past_its_deadline_fails_and_is_compensated(lost_order, setting
     )
     _age(order, settings.ORDER_STALL_SECONDS + 1)
 
-    assert recovery.sweep() == {"resumed": 0, "expired": 1}
+    assert recovery.sweep() == {"resumed": 0, "expired": 1, "events": 0}
 
     order = wait_for_order(order.id)
     assert order.status == "failed"
@@ -115,7 +115,7 @@ def test_a_failed_order_whose_compensation_was_lost_is_compensated(
     assert Order.objects.get(pk=order.pk).compensated_at is None
     _age(order, settings.ORDER_STALL_SECONDS + 1)
 
-    assert recovery.sweep() == {"resumed": 1, "expired": 0}
+    assert recovery.sweep() == {"resumed": 1, "expired": 0, "events": 0}
 
     order = wait_for_order(order.id)
     assert order.compensated_at is not None
@@ -154,7 +154,7 @@ def test_a_shipping_order_past_its_deadline_whose_shipment_exists_completes(
     ).json()
     _past_deadline(order, settings)
 
-    assert recovery.sweep() == {"resumed": 0, "expired": 0}
+    assert recovery.sweep() == {"resumed": 0, "expired": 0, "events": 0}
 
     order = wait_for_order(order.id)
     assert order.status == "completed"
@@ -167,7 +167,7 @@ def test_a_shipping_order_past_its_deadline_without_a_shipment_fails(lost_order,
     order = lost_order(status=OrderStatus.SHIPPING)
     _past_deadline(order, settings)
 
-    assert recovery.sweep() == {"resumed": 0, "expired": 1}
+    assert recovery.sweep() == {"resumed": 0, "expired": 1, "events": 0}
 
     order = wait_for_order(order.id)
     assert order.status == "failed"
@@ -181,7 +181,7 @@ def test_a_shipping_order_is_not_failed_while_the_carrier_cannot_be_asked(lost_o
     order = lost_order(status=OrderStatus.SHIPPING)
     _past_deadline(order, settings)
 
-    assert recovery.sweep() == {"resumed": 0, "expired": 0}
+    assert recovery.sweep() == {"resumed": 0, "expired": 0, "events": 0}
 
     order.refresh_from_db()
     assert order.status == "shipping"

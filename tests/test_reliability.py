@@ -21,7 +21,7 @@ def test_gateway_timeout_after_success_charges_once(live_api, mug, ledger):
 
     assert order.status == "completed"
     charges = ledger(order.id)
-    assert [(c["status"], c["refunded"]) for c in charges] == [("captured", False)]
+    assert [(c["status"], c["refunded"]) for c in charges] == [("succeeded", False)]
     outcomes = list(order.events.filter(step="charge_payment").values_list("outcome", flat=True))
     assert outcomes[0] == "retrying" and outcomes[-1] == "succeeded"  # the timeout, then the replay
 
@@ -92,7 +92,7 @@ def test_cancel_while_the_charge_is_in_flight_refunds_it(live_api, mug, ledger, 
     assert order.status == "cancelled"
     assert Product.objects.get(sku="MUG-001").stock == 10
     charges = ledger(order.id)
-    assert all(c["refunded"] for c in charges if c["status"] == "captured")
+    assert all(c["refunded"] for c in charges if c["status"] == "succeeded")
     assert not Shipment.objects.filter(order=order).exists()
     assert [m.subject for m in mail.outbox] == [f"Your order {order.id} is cancelled"]
 

@@ -53,7 +53,7 @@ def test_the_table_names_every_status_and_only_statuses():
 def test_what_the_table_implies():
     assert TERMINAL_STATUSES == {"completed", "failed", "cancelled"}
     # Until shipment creation begins the customer may cancel ...
-    assert CANCELLABLE_STATUSES == {"pending", "reserving", "paying"}
+    assert CANCELLABLE_STATUSES == {"pending", "reserving", "paying", "awaiting_payment_action"}
     # ... and once the shipment exists nothing may fail (refund) the order.
     assert "confirming" not in FAILABLE_STATUSES
     assert ORDER_TRANSITIONS["confirming"] == {"completed"}

@@ -183,12 +183,33 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="orders@example.com")
 
 # --- Providers -------------------------------------------------------------------------
 # Each kind of provider has one adapter interface (integrations/); these pick the class.
-PAYMENT_GATEWAY = env("PAYMENT_GATEWAY", default="integrations.payments.SandboxPaymentGateway")
+PAYMENT_GATEWAY = env("PAYMENT_GATEWAY", default="integrations.payments.StripeGateway")
 SHIPPING_CARRIER = env("SHIPPING_CARRIER", default="integrations.shipping.SandboxCarrier")
 SANDBOX_ENABLED = False  # the /sandbox/ providers; local and test switch them on
 SANDBOX_URL = env("SANDBOX_URL", default="http://127.0.0.1:8000/sandbox/")
 SANDBOX_FAILURE_RATE = env.float("SANDBOX_FAILURE_RATE", default=0.0)
 SANDBOX_LATENCY_MS = env.int("SANDBOX_LATENCY_MS", default=0)
+
+# Stripe (integrations.payments.StripeGateway). Local and test settings point the base at the
+# sandbox's Stripe (/sandbox/stripe), which speaks the same wire format; production requires
+# an https base, a key and a webhook secret (orders.E002).
+STRIPE_API_KEY = env("STRIPE_API_KEY", default="")
+STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
+# Signs the events Stripe sends to POST /api/webhooks/stripe/ (the endpoint's "whsec_...").
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
+# The sandbox's Stripe sends its events here (empty: this app's own /api/webhooks/stripe/ on
+# the host the request came to), retrying a failed delivery this many times with a doubling
+# wait of at most MAX_WAIT, and sending a delivered event a second time at DUPLICATE_RATE, as
+# Stripe may. Its search shows a new PaymentIntent SEARCH_LAG seconds late, as Stripe's.
+STRIPE_SANDBOX_WEBHOOK_URL = env("STRIPE_SANDBOX_WEBHOOK_URL", default="")
+STRIPE_SANDBOX_WEBHOOK_ATTEMPTS = env.int("STRIPE_SANDBOX_WEBHOOK_ATTEMPTS", default=8)
+STRIPE_SANDBOX_WEBHOOK_MAX_WAIT_SECONDS = env.float(
+    "STRIPE_SANDBOX_WEBHOOK_MAX_WAIT_SECONDS", default=8.0
+)
+STRIPE_SANDBOX_WEBHOOK_DUPLICATE_RATE = env.float(
+    "STRIPE_SANDBOX_WEBHOOK_DUPLICATE_RATE", default=0.1
+)
+STRIPE_SANDBOX_SEARCH_LAG_SECONDS = env.float("STRIPE_SANDBOX_SEARCH_LAG_SECONDS", default=1.0)
 
 # --- Timing: these numbers must stay in this order (orders/checks.py enforces it) ----------
 #   PROVIDER_TIMEOUT_SECONDS < CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT
@@ -224,6 +245,11 @@ ORDER_DISPATCH_RELAY_SECONDS = env.float("ORDER_DISPATCH_RELAY_SECONDS", default
 # tries again (waiting ORDER_STALL_SECONDS, doubling per failed round, at most an hour).
 # Past this deadline it completes without the email (noted, counted, reported).
 ORDER_EMAIL_DEADLINE_SECONDS = env.int("ORDER_EMAIL_DEADLINE_SECONDS", default=24 * 3600)
+# An order whose card needs the customer's authentication (3-D Secure) waits this long in
+# `awaiting_payment_action`; then its PaymentIntent is cancelled and the order failed.
+ORDER_PAYMENT_ACTION_DEADLINE_SECONDS = env.int(
+    "ORDER_PAYMENT_ACTION_DEADLINE_SECONDS", default=3600
+)
 # The API's Idempotency-Key responses are replayed for this long.
 IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
 
@@ -295,6 +321,8 @@ CELERY_TASK_ROUTES = {
     "orders.charge_payment": {"queue": "orders.payments"},
     # Refunds: beside the charges, and under the same lock.
     "orders.compensate_order": {"queue": "orders.payments"},
+    # Webhook events from the payment gateway: beside the charges they may move on.
+    "orders.process_provider_event": {"queue": "orders.payments"},
     "orders.create_shipment": {"queue": "orders.shipping"},
     "orders.send_confirmation_email": {"queue": "orders.email"},
     "orders.sweep_stalled_orders": {"queue": "orders.maintenance"},

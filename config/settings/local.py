@@ -6,6 +6,10 @@ from .base import INSTALLED_APPS, REST_FRAMEWORK, env
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="local-only-insecure-key-do-not-use-in-production")
 SANDBOX_ENABLED = True
+# The sandbox's Stripe, served by this same web server (`make run`).
+STRIPE_API_BASE = env("STRIPE_API_BASE", default="http://127.0.0.1:8000/sandbox/stripe")
+STRIPE_API_KEY = env("STRIPE_API_KEY", default="sk_test_sandbox_local")
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="whsec_sandbox_local")
 INSTALLED_APPS = [*INSTALLED_APPS, "integrations.sandbox"]
 REST_FRAMEWORK = {
     **REST_FRAMEWORK,

@@ -18,9 +18,10 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 DATABASES = {"default": database_from_env()}  # DATABASE_URL required
 SANDBOX_ENABLED = False
 METRICS_REQUIRE_TOKEN = True  # and METRICS_TOKEN from the environment: no outsider sees volumes
-# Real providers, named explicitly: no default can silently point production at the
-# sandbox (orders.E002 refuses sandbox adapters and mail backends that deliver nothing).
-PAYMENT_GATEWAY = env("PAYMENT_GATEWAY")
+# Real providers: no default can silently point production at the sandbox (orders.E002
+# refuses sandbox adapters, a Stripe base that is not https or lacks its key and webhook
+# secret, and mail backends that deliver nothing).
+PAYMENT_GATEWAY = env("PAYMENT_GATEWAY", default="integrations.payments.StripeGateway")
 SHIPPING_CARRIER = env("SHIPPING_CARRIER")
 SANDBOX_URL = ""
 EMAIL_HOST = env("EMAIL_HOST")

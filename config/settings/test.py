@@ -36,6 +36,15 @@ CACHES = {
     }
 }
 SANDBOX_ENABLED = True
+# The sandbox's Stripe; tests point the base at the server that serves it (the live server
+# fixture, or a stack's web server).
+STRIPE_API_BASE = env("STRIPE_API_BASE", default="http://127.0.0.1:8000/sandbox/stripe")
+STRIPE_API_KEY = env("STRIPE_API_KEY", default="sk_test_sandbox")
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="whsec_sandbox_test")
+# A failed delivery is tried again within seconds, so a test sees it through.
+STRIPE_SANDBOX_WEBHOOK_MAX_WAIT_SECONDS = env.float(
+    "STRIPE_SANDBOX_WEBHOOK_MAX_WAIT_SECONDS", default=2.0
+)
 INSTALLED_APPS = [*INSTALLED_APPS, "integrations.sandbox"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.locmem.EmailBackend")

@@ -1,18 +1,24 @@
 from django.contrib import admin
 
-from .models import SandboxCharge, SandboxRefund, SandboxShipment
+from .models import SandboxPaymentIntent, SandboxShipment, SandboxStripeEvent, SandboxStripeRefund
 
 
-@admin.register(SandboxCharge)
-class SandboxChargeAdmin(admin.ModelAdmin):
-    list_display = ("id", "order", "status", "amount", "currency", "token", "created_at")
-    list_filter = ("status", "token")
-    search_fields = ("id", "order", "idempotency_key")
+@admin.register(SandboxPaymentIntent)
+class SandboxPaymentIntentAdmin(admin.ModelAdmin):
+    list_display = ("id", "status", "amount", "currency", "payment_method", "created_at")
+    list_filter = ("status", "payment_method")
+    search_fields = ("id", "metadata")
 
 
-@admin.register(SandboxRefund)
-class SandboxRefundAdmin(admin.ModelAdmin):
-    list_display = ("id", "charge", "amount", "created_at")
+@admin.register(SandboxStripeRefund)
+class SandboxStripeRefundAdmin(admin.ModelAdmin):
+    list_display = ("id", "payment_intent", "amount", "currency", "created_at")
+
+
+@admin.register(SandboxStripeEvent)
+class SandboxStripeEventAdmin(admin.ModelAdmin):
+    list_display = ("id", "type", "attempts", "delivered_at", "created_at")
+    list_filter = ("type",)
 
 
 @admin.register(SandboxShipment)

@@ -11,43 +11,89 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
-class SandboxCharge(models.Model):
+class SandboxPaymentIntent(models.Model):
+    """A PaymentIntent of the sandbox's Stripe; `as_json` is its wire format."""
+
     id = models.CharField(primary_key=True, max_length=40, editable=False)
-    order = models.CharField(max_length=64, db_index=True)
-    idempotency_key = models.CharField(max_length=255, unique=True)
-    token = models.CharField(max_length=100)
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    amount = models.PositiveBigIntegerField()  # in the currency's minor unit, as Stripe's
     currency = models.CharField(max_length=3)
-    status = models.CharField(max_length=16)  # captured or declined
-    decline_code = models.CharField(max_length=32, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    payment_method = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=32)
+    metadata = models.JSONField(default=dict)
+    client_secret = models.CharField(max_length=100)
+    latest_charge = models.CharField(max_length=40, blank=True)
+    last_payment_error = models.JSONField(null=True, blank=True)
+    cancellation_reason = models.CharField(max_length=40, blank=True)
+    created = models.PositiveBigIntegerField()  # seconds since the epoch, as Stripe's
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
-        ordering = ["created_at"]
+        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.id} {self.status} {self.amount} {self.currency}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self.id:
-            self.id = _new_id("ch")
+            self.id = _new_id("pi")
+            self.client_secret = f"{self.id}_secret_{uuid.uuid4().hex[:24]}"
         super().save(*args, **kwargs)
 
 
-class SandboxRefund(models.Model):
+class SandboxStripeRefund(models.Model):
     id = models.CharField(primary_key=True, max_length=40, editable=False)
-    charge = models.OneToOneField(SandboxCharge, on_delete=models.CASCADE, related_name="refund")
-    idempotency_key = models.CharField(max_length=255, unique=True)
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    payment_intent = models.ForeignKey(
+        SandboxPaymentIntent, on_delete=models.CASCADE, related_name="refunds"
+    )
+    amount = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3)
+    metadata = models.JSONField(default=dict)
+    reason = models.CharField(max_length=40, blank=True)
+    created = models.PositiveBigIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        ordering = ["-created_at"]
+
     def __str__(self) -> str:
-        return f"{self.id} of {self.charge_id}"
+        return f"{self.id} of {self.payment_intent_id}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self.id:
             self.id = _new_id("re")
         super().save(*args, **kwargs)
+
+
+class SandboxIdempotentRequest(models.Model):
+    """Stripe's idempotency layer: the first answer to a key, replayed for the same
+    parameters, refused (idempotency_error) for others."""
+
+    key = models.CharField(max_length=255, unique=True)
+    fingerprint = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True)  # null: still being worked on
+    body = models.JSONField(null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class SandboxStripeEvent(models.Model):
+    """An event the sandbox's Stripe sent (or tries to send) to the webhook endpoint."""
+
+    id = models.CharField(primary_key=True, max_length=40, editable=False)
+    type = models.CharField(max_length=64)
+    body = models.JSONField()
+    url = models.CharField(max_length=500)
+    attempts = models.PositiveIntegerField(default=0)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.type}"
 
 
 class SandboxShipment(models.Model):

@@ -3,11 +3,12 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import Order, OrderEvent, OrderLine, Payment, Product, Shipment
+from ..models import Order, OrderEvent, OrderLine, Payment, PaymentStatus, Product, Shipment
 
 MAX_LINES = 100
 MAX_QUANTITY = 1000
-PAYMENT_TOKEN_PATTERN = r"^tok_[a-z0-9_]{1,64}$"
+# A Stripe PaymentMethod id from Stripe.js (pm_...), or a card token (tok_...).
+PAYMENT_TOKEN_PATTERN = r"^(pm|tok)_[A-Za-z0-9_]{1,64}$"
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -55,8 +56,8 @@ class OrderCreateInputSerializer(serializers.Serializer):
     payment_token = serializers.RegexField(
         PAYMENT_TOKEN_PATTERN,
         error_messages={
-            "invalid": "Unknown payment token format: expected tok_ followed by "
-            "lowercase letters, digits or underscores."
+            "invalid": "Unknown payment token format: expected a Stripe PaymentMethod id "
+            "(pm_...) or card token (tok_...): letters, digits or underscores."
         },
     )
 
@@ -102,9 +103,43 @@ class LineOutputSerializer(serializers.ModelSerializer):
 
 
 class PaymentOutputSerializer(serializers.ModelSerializer):
+    status = serializers.CharField(
+        help_text="`pending`, `captured`, `requires_action` (the customer must authenticate: "
+        "finish with Stripe.js and `client_secret`), `declined`, `refunded`, `not_charged`."
+    )
+    client_secret = serializers.SerializerMethodField(
+        help_text="The PaymentIntent's client secret, while `requires_action`; else null."
+    )
+    next_action = serializers.SerializerMethodField(
+        help_text="Stripe's `next_action`, while `requires_action`; else null."
+    )
+    disputed = serializers.SerializerMethodField()
+
     class Meta:
         model = Payment
-        fields = ["status", "amount", "currency"]
+        fields = [
+            "status",
+            "amount",
+            "currency",
+            "amount_refunded",
+            "decline_code",
+            "disputed",
+            "client_secret",
+            "next_action",
+        ]
+
+    def _waiting(self, payment: Payment) -> bool:
+        return payment.status == PaymentStatus.REQUIRES_ACTION
+
+    def get_client_secret(self, payment: Payment) -> str | None:
+        return payment.client_secret if self._waiting(payment) else None
+
+    @extend_schema_field(serializers.JSONField(allow_null=True))
+    def get_next_action(self, payment: Payment) -> dict | None:
+        return payment.next_action if self._waiting(payment) else None
+
+    def get_disputed(self, payment: Payment) -> bool:
+        return payment.disputed_at is not None
 
 
 class ShipmentOutputSerializer(serializers.ModelSerializer):
@@ -115,7 +150,7 @@ class ShipmentOutputSerializer(serializers.ModelSerializer):
 
 class EventOutputSerializer(serializers.ModelSerializer):
     actor = serializers.CharField(
-        source="actor_kind", help_text="Who acted: `customer`, `staff` or `system`."
+        source="actor_kind", help_text="Who acted: `customer`, `staff`, `system` or `stripe`."
     )
     reason_code = serializers.CharField(
         help_text="A stable code for why (e.g. `out_of_stock`, `payment_declined`, `deadline`); "

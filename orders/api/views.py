@@ -24,7 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import idempotency, selectors
+from .. import idempotency, payment_events, selectors
 from ..errors import ApplicationError
 from ..services import order_cancel, order_create
 from ..state import Actor
@@ -256,7 +256,7 @@ class OrderListCreateView(GenericAPIView):
                         "postal_code": "10115",
                         "country": "DE",
                     },
-                    "payment_token": "tok_ok",
+                    "payment_token": "pm_card_visa",
                 },
             )
         ],
@@ -342,3 +342,35 @@ class OrderCancelView(APIView):
         return Response(
             OrderOutputSerializer(selectors.order_get(user=_user(request), order_id=order_id)).data
         )
+
+
+class StripeWebhookView(APIView):
+    """Stripe's events. Verifies, records and queues; the work is done by a task."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="webhooks_stripe",
+        description="Stripe's webhook endpoint: point an endpoint in Stripe's dashboard here "
+        "and set its signing secret as STRIPE_WEBHOOK_SECRET. The `Stripe-Signature` header is "
+        "verified (a bad, missing or stale one is a 400 and changes nothing); each event is "
+        "processed once, by its id (a repeat is answered 200 and does nothing).",
+        request=None,  # Stripe's event, read raw: the signature covers the exact bytes
+        responses={
+            200: inline_serializer(
+                "WebhookReceived",
+                {"received": serializers.BooleanField(), "duplicate": serializers.BooleanField()},
+            ),
+            **errors(400, 413, descriptions={400: "The signature does not verify."}),
+        },
+        parameters=[
+            OpenApiParameter("Stripe-Signature", str, OpenApiParameter.HEADER, required=True)
+        ],
+        auth=[],
+    )
+    def post(self, request: Request) -> Response:
+        _, created = payment_events.stripe_event_receive(
+            payload=request.body, signature=request.headers.get("Stripe-Signature")
+        )
+        return Response({"received": True, "duplicate": not created})

@@ -53,7 +53,7 @@ class Command(BaseCommand):
             '-d \'{"lines": [{"sku": "MUG-001", "quantity": 2}], '
             '"shipping_address": {"name": "Ada Lovelace", "line1": "1 Main St", '
             '"city": "London", "postal_code": "N1 9GU", "country": "GB"}, '
-            '"payment_token": "tok_ok"}\''
+            '"payment_token": "pm_card_visa"}\''
         )
         self.stdout.write("Then follow it (use the id from the answer):")
         self.stdout.write(

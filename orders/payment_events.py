@@ -1,0 +1,207 @@
+"""Stripe's webhook events: recorded once by the view (a repeat is answered 200 and does
+nothing), processed by a task on the payments queue.
+
+Events come at least once and in any order, so nothing here trusts an event's copy of an
+object where the order of events matters: a PaymentIntent event only wakes the charge step,
+which asks Stripe for the PaymentIntent as it is now; a refund re-reads the refunds from
+Stripe. What Stripe tells of money moved outside the backend (a refund in its dashboard, a
+dispute) is recorded on the Payment and in the timeline with the actor `stripe`; it never
+cancels or fails an order by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from integrations.payments import get_payment_gateway
+
+from . import dispatch, services
+from .errors import ApplicationError
+from .models import (
+    COMPENSATED_STATUSES,
+    ActorKind,
+    Order,
+    OrderStatus,
+    Outcome,
+    Payment,
+    PaymentStatus,
+    ProviderEvent,
+    Step,
+)
+from .state import Actor, event_record, lock_order
+
+logger = logging.getLogger(__name__)
+
+STRIPE = "stripe"
+STRIPE_ACTOR = Actor(kind=ActorKind.STRIPE)
+PAYMENT_INTENT_EVENTS = frozenset(
+    {"payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled"}
+)
+
+
+class InvalidSignature(ApplicationError):
+    code = "invalid_signature"
+
+
+def stripe_event_receive(*, payload: bytes, signature: str | None) -> tuple[ProviderEvent, bool]:
+    """Verify an event with the SDK's own check (the endpoint's secret, Stripe's default
+    tolerance of 300 s), record it once, and queue its processing if it is of a type we
+    handle. Returns the record and whether it is new. Raises InvalidSignature."""
+    try:
+        event = stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET)
+    except (stripe.SignatureVerificationError, ValueError) as exc:
+        raise InvalidSignature(f"The Stripe-Signature does not verify: {exc}") from exc
+    with transaction.atomic():
+        record, created = ProviderEvent.objects.get_or_create(
+            provider=STRIPE,
+            event_id=event.id,
+            defaults={"type": event.type, "payload": json.loads(payload)},
+        )
+        if created and record.type in HANDLERS:
+            dispatch.provider_event_process(event_pk=record.pk)
+    return record, created
+
+
+def stripe_event_process(*, event_pk: int) -> str:
+    """Do what the event asks, once. Returns what was done (kept on the record)."""
+    record = ProviderEvent.objects.filter(pk=event_pk).first()
+    if record is None:  # deleted since (by a purge, or a test's flush)
+        return "missing"
+    if record.processed_at is not None:
+        return record.result
+    handler = HANDLERS.get(record.type)
+    obj = record.payload.get("data", {}).get("object", {})
+    order, result = handler(record, obj) if handler else (None, "ignored")
+    ProviderEvent.objects.filter(pk=event_pk).update(
+        processed_at=timezone.now(), result=result, order=order
+    )
+    return result
+
+
+def unprocessed_events(*, older_than_seconds: float) -> list[int]:
+    """Events recorded but never processed (the broker was down when they came)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    return list(
+        ProviderEvent.objects.filter(
+            processed_at__isnull=True, received_at__lt=cutoff, type__in=list(HANDLERS)
+        ).values_list("pk", flat=True)[:500]
+    )
+
+
+def _order_of(intent_id: str, metadata: dict[str, Any] | None) -> Order | None:
+    payment = Payment.objects.filter(charge_id=intent_id).select_related("order").first()
+    if payment is not None:
+        return payment.order
+    order_id = (metadata or {}).get("order_id")
+    try:
+        return Order.objects.filter(pk=order_id).first() if order_id else None
+    except ValueError:  # not a UUID: not one of ours
+        return None
+
+
+def _payment_intent_changed(record: ProviderEvent, obj: dict) -> tuple[Order | None, str]:
+    order = _order_of(obj.get("id", ""), obj.get("metadata"))
+    if order is None:
+        return None, "unknown_order"
+    with transaction.atomic():
+        order = lock_order(order.pk)
+        if order.status == OrderStatus.AWAITING_PAYMENT_ACTION:
+            event_record(
+                order=order,
+                step=Step.PAYMENT_EVENT,
+                outcome=Outcome.RESUMED,
+                actor=STRIPE_ACTOR,
+                reason_code="stripe_event",
+                data={"event_id": record.event_id, "type": record.type},
+                detail=f"{record.type}: asking Stripe for the payment",
+            )
+            dispatch.workflow_resume(order=order)  # the charge step asks Stripe
+            return order, "resumed"
+        if record.type == "payment_intent.succeeded" and order.status in COMPENSATED_STATUSES:
+            # Taken after the order ended (e.g. authenticated as it was cancelled): the
+            # compensation asks the ledger again and refunds it.
+            services.compensation_reopen(order_id=order.id)
+            return order, "recompensated"
+    return order, "noted"  # the charge step records what it is doing itself
+
+
+def _charge_refunded(record: ProviderEvent, obj: dict) -> tuple[Order | None, str]:
+    intent_id = obj.get("payment_intent") or ""
+    order = _order_of(intent_id, obj.get("metadata"))
+    if order is None:
+        return None, "unknown_order"
+    charge = get_payment_gateway().retrieve(charge_id=intent_id)  # the refunds as they are now
+    with transaction.atomic():
+        order = lock_order(order.pk)
+        payment = Payment.objects.select_for_update().get(order=order)
+        known = set(
+            order.events.filter(reason_code="refunded_outside").values_list(
+                "data__refund_id", flat=True
+            )
+        )
+        outside = [(rid, amount) for rid, amount, ours in charge.refunds if not ours]
+        new = [(rid, amount) for rid, amount in outside if rid not in known]
+        payment.amount_refunded = sum((amount for _, amount, _ in charge.refunds), Decimal("0"))
+        if charge.refunded:
+            payment.status = PaymentStatus.REFUNDED
+            payment.refund_id = payment.refund_id or (
+                charge.refunds[0][0] if charge.refunds else ""
+            )
+        payment.save(update_fields=["amount_refunded", "status", "refund_id", "updated_at"])
+        for refund_id, amount in new:
+            event_record(
+                order=order,
+                step=Step.PAYMENT_EVENT,
+                outcome=Outcome.SUCCEEDED,
+                actor=STRIPE_ACTOR,
+                reason_code="refunded_outside",
+                data={"refund_id": refund_id, "amount": str(amount), "event_id": record.event_id},
+                detail=f"refunded {amount} {payment.currency} at Stripe, outside the backend "
+                f"({refund_id}); the order is left as it is",
+            )
+    return order, "recorded" if new else "ours"
+
+
+def _dispute_created(record: ProviderEvent, obj: dict) -> tuple[Order | None, str]:
+    order = _order_of(obj.get("payment_intent") or "", obj.get("metadata"))
+    if order is None:
+        return None, "unknown_order"
+    with transaction.atomic():
+        order = lock_order(order.pk)
+        if order.events.filter(reason_code="disputed", data__dispute_id=obj.get("id")).exists():
+            return order, "noted"
+        Payment.objects.filter(order=order, disputed_at__isnull=True).update(
+            disputed_at=timezone.now()
+        )
+        event_record(
+            order=order,
+            step=Step.PAYMENT_EVENT,
+            outcome=Outcome.FAILED,
+            actor=STRIPE_ACTOR,
+            reason_code="disputed",
+            data={
+                "dispute_id": obj.get("id"),
+                "reason": obj.get("reason"),
+                "event_id": record.event_id,
+            },
+            detail=f"the card holder disputes the charge ({obj.get('reason')}); answer it in "
+            "Stripe's dashboard",
+        )
+    return order, "recorded"
+
+
+HANDLERS: dict[str, Callable[[ProviderEvent, dict], tuple[Order | None, str]]] = {
+    **dict.fromkeys(PAYMENT_INTENT_EVENTS, _payment_intent_changed),
+    "charge.refunded": _charge_refunded,
+    "charge.dispute.created": _dispute_created,
+}
