@@ -119,7 +119,8 @@ def to_minor_units(amount: Decimal, currency: str) -> int:
 
 
 def from_minor_units(value: int, currency: str) -> Decimal:
-    return Decimal(value) / (10 ** minor_unit_exponent(currency))
+    """1250 EUR -> Decimal("12.50"): as many places as the currency has."""
+    return Decimal(value).scaleb(-minor_unit_exponent(currency))
 
 
 _STRIPE_STATUS = {

@@ -18,6 +18,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from integrations.payments import to_minor_units
+
 from . import dispatch
 from .errors import ApplicationError, Conflict
 from .models import (
@@ -64,6 +66,14 @@ def order_create(
             "The order's total is larger than one order may be.",
             fields={"lines": [f"The total must stay below {MAX_TOTAL}."]},
         )
+    currency = currencies.pop()
+    try:
+        to_minor_units(total, currency)  # what the gateway will be asked to take
+    except ValueError:
+        raise ApplicationError(
+            f"{total} {currency} cannot be charged: {currency} has no unit that small.",
+            fields={"lines": [f"The total must be a whole amount of {currency}'s smallest unit."]},
+        ) from None
     # No savepoint when nested (the API's transaction also stores the Idempotency-Key's
     # response): what fails in here is a database error, which ends the caller's
     # transaction as well; a savepoint would cost two round trips per order.
@@ -72,7 +82,7 @@ def order_create(
             user=user,
             email=getattr(user, "email", "") or "",
             status=OrderStatus.PENDING,
-            currency=currencies.pop(),
+            currency=currency,
             total=total,
             payment_token=payment_token,
             ship_name=shipping_address["name"],

@@ -318,6 +318,7 @@ def payment_action_check(*, order_id: OrderId, attempt: int) -> None:
                 detail=f"the customer authenticated; captured {charge.amount} "
                 f"{payment.currency} ({charge.charge_id})",
             )
+            dispatch.workflow_resume(order=order)  # the shipment and the confirmation
             return
         if charge.status == ChargeStatus.DECLINED:
             payment.status, payment.decline_code = PaymentStatus.DECLINED, charge.decline_code
