@@ -27,6 +27,9 @@ class ChargeStatus:
     DECLINED = "declined"  # refused; nothing taken (Stripe: requires_payment_method)
     REQUIRES_ACTION = "requires_action"  # the customer must authenticate (3-D Secure)
     CANCELED = "canceled"  # cancelled before anything was taken
+    # Not decided yet at the gateway (e.g. `processing`): asked again by id, never taken for
+    # "not charged".
+    PROCESSING = "processing"
     # Still open at the gateway: could yet be confirmed, so compensation cancels it.
     OPEN = frozenset({DECLINED, REQUIRES_ACTION, "requires_confirmation"})
 
@@ -81,6 +84,9 @@ class PaymentGateway(Protocol):
         """The ledger, for an order whose charge id is not known (its answer was lost).
         Raises TransientError when it cannot tell yet: never "none" on a guess."""
 
+    def retrieve_result(self, *, charge_id: str) -> ChargeResult:
+        """The answer to a charge that was not decided yet, asked by its id."""
+
     def refund(self, *, charge_id: str, order_id: str, idempotency_key: str) -> RefundResult: ...
 
     def cancel(self, *, charge_id: str, idempotency_key: str) -> GatewayCharge:
@@ -128,6 +134,7 @@ _STRIPE_STATUS = {
     "requires_payment_method": ChargeStatus.DECLINED,
     "requires_action": ChargeStatus.REQUIRES_ACTION,
     "canceled": ChargeStatus.CANCELED,
+    "processing": ChargeStatus.PROCESSING,
 }
 
 _clients: dict[tuple, stripe.StripeClient] = {}
@@ -193,14 +200,17 @@ class StripeGateway:
     def charge(
         self, *, order_id: str, amount: Decimal, currency: str, token: str, idempotency_key: str
     ) -> ChargeResult:
-        params = {
+        params: dict[str, Any] = {
             "amount": to_minor_units(amount, currency),
             "currency": currency.lower(),
-            "payment_method": token,
             "payment_method_types": ["card"],
             "confirm": True,
             "metadata": {"order_id": order_id},
         }
+        if token.startswith("tok_"):  # a card token: Stripe makes the PaymentMethod from it
+            params["payment_method_data"] = {"type": "card", "card": {"token": token}}
+        else:
+            params["payment_method"] = token
         try:
             with _stripe_errors("create payment_intent"):
                 intent = self._v1.payment_intents.create(
@@ -214,15 +224,16 @@ class StripeGateway:
                 charge_id=getattr(declined_intent, "id", "") or "",
                 decline_code=(getattr(error, "decline_code", None) or exc.code or "card_declined"),
             )
+        return self._result(intent)
+
+    def retrieve_result(self, *, charge_id: str) -> ChargeResult:
+        """A charge whose answer said "not decided yet", asked again by id (a replay of the
+        create would bring back the same stored answer)."""
+        with _stripe_errors("retrieve payment_intent"):
+            return self._result(self._v1.payment_intents.retrieve(charge_id))
+
+    def _result(self, intent: Any) -> ChargeResult:
         charge = self._charge(intent, refunds=())
-        if charge.status not in (
-            ChargeStatus.CAPTURED,
-            ChargeStatus.REQUIRES_ACTION,
-            ChargeStatus.DECLINED,
-        ):
-            # e.g. `processing`: not an answer yet; the retry's replay brings the same object,
-            # and the step asks again.
-            raise TransientError(f"stripe: payment_intent {intent.id} is {intent.status}")
         next_action = getattr(intent, "next_action", None)
         return ChargeResult(
             status=charge.status,
@@ -246,8 +257,9 @@ class StripeGateway:
                 {"query": f"metadata['order_id']:'{order_id}'", "limit": 100}
             )
             intents = list(found.data)
-            if intents:
-                return [self._charge(i, refunds=self._refunds(i.id)) for i in intents]
+        if intents:
+            # Search results may be stale: each hit is read again by id, which is consistent.
+            return [self.retrieve(charge_id=i.id) for i in intents]
         # Search is eventually consistent: "none found" may be "not indexed yet". The key
         # tells: sent again with other parameters (unconfirmed, so it can never take money),
         # Stripe refuses it if the charge's request was processed under it, and otherwise

@@ -68,6 +68,15 @@ def timing_errors() -> list[str]:
             s.ORDER_STALL_SECONDS < s.ORDER_DEADLINE_SECONDS,
             "ORDER_DEADLINE_SECONDS must exceed ORDER_STALL_SECONDS",
         ),
+        # Stripe keeps an idempotency key's answer for 24 hours: a charge retried later
+        # under the same key could be made twice. Unshipped orders end before that.
+        (
+            s.ORDER_DEADLINE_SECONDS < 23 * 3600,
+            (
+                "ORDER_DEADLINE_SECONDS must stay below 23 hours (Stripe forgets idempotency "
+                "keys after 24)"
+            ),
+        ),
     ]
     return [message for ok, message in rules if not ok]
 

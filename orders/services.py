@@ -32,6 +32,8 @@ from .models import (
     OrderLine,
     OrderStatus,
     Outcome,
+    Payment,
+    PaymentStatus,
     Product,
     Step,
     StockAdjustment,
@@ -296,6 +298,10 @@ def compensation_reopen(*, order_id: OrderId) -> None:
     """A charge was captured after its order had ended: compensation runs (again) and asks
     the gateway's ledger, which now holds that charge. Caller holds the row lock."""
     Order.objects.filter(pk=order_id).update(compensated_at=None)
+    # An earlier compensation may have found nothing to settle: the ledger is asked again.
+    Payment.objects.filter(order_id=order_id, status=PaymentStatus.NOT_CHARGED).update(
+        status=PaymentStatus.PENDING
+    )
     dispatch.compensation_start(order_id=order_id)
 
 

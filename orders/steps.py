@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from integrations.errors import PermanentError, ProviderError
+from integrations.errors import PermanentError, ProviderError, TransientError
 from integrations.payments import ChargeResult, ChargeStatus, GatewayCharge, get_payment_gateway
 from integrations.shipping import ShipmentResult, get_carrier
 
@@ -122,22 +123,34 @@ def charge_payment(*, order_id: OrderId, attempt: int) -> None:
     # The Payment row is committed before the call: if this run dies mid-call, compensation
     # knows a charge may exist and asks the gateway. The same key on every retry means the
     # gateway charges once, even when a timeout hid its first answer.
+    gateway = get_payment_gateway()
     try:
-        result = get_payment_gateway().charge(
-            order_id=str(order.id),
-            amount=payment.amount,
-            currency=payment.currency,
-            token=order.payment_token,
-            idempotency_key=payment.idempotency_key,
-        )
+        if payment.charge_id:  # an earlier answer said "processing": ask by id
+            result = gateway.retrieve_result(charge_id=payment.charge_id)
+        else:
+            result = gateway.charge(
+                order_id=str(order.id),
+                amount=payment.amount,
+                currency=payment.currency,
+                token=order.payment_token,
+                idempotency_key=payment.idempotency_key,
+            )
     except PermanentError as exc:
-        services.order_fail(
-            order_id=order.id,
-            step=Step.CHARGE_PAYMENT,
-            attempt=attempt,
-            reason_code="payment_error",
-            reason=f"payment error: {exc}",
-        )
+        # The gateway refused the request itself (not a card decline): nothing was charged,
+        # as a retry under the same key would replay an earlier charge, never refuse it.
+        with transaction.atomic():
+            order = lock_order(order_id)
+            if order.status == OrderStatus.PAYING:
+                Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PENDING).update(
+                    status=PaymentStatus.NOT_CHARGED
+                )
+            services.order_fail(
+                order_id=order.id,
+                step=Step.CHARGE_PAYMENT,
+                attempt=attempt,
+                reason_code="payment_error",
+                reason=f"payment error: {exc}",
+            )
         return
     _charge_record(order_id=order_id, result=result, attempt=attempt)
 
@@ -206,65 +219,82 @@ def _charge_record(*, order_id: OrderId, result: ChargeResult, attempt: int) -> 
             return
         payment = Payment.objects.select_for_update().get(order=order)
         payment.charge_id = result.charge_id or payment.charge_id  # known: ask by id from now on
-        if result.status == ChargeStatus.DECLINED:
-            payment.status, payment.decline_code = PaymentStatus.DECLINED, result.decline_code
-            payment.save(update_fields=["status", "charge_id", "decline_code", "updated_at"])
-            services.order_fail(
-                order_id=order.id,
-                step=Step.CHARGE_PAYMENT,
-                attempt=attempt,
-                reason_code="payment_declined",
-                reason=f"payment declined ({result.decline_code})",
-            )
-            return
-        if result.status == ChargeStatus.REQUIRES_ACTION:
-            payment.status = PaymentStatus.REQUIRES_ACTION
-            payment.client_secret, payment.next_action = result.client_secret, result.next_action
-            payment.action_required_at = timezone.now()
-            payment.save()
-            if order.status == OrderStatus.PAYING:
-                order_transition(
-                    order=order,
-                    to=OrderStatus.AWAITING_PAYMENT_ACTION,
-                    step=Step.CHARGE_PAYMENT,
-                    outcome=Outcome.SUCCEEDED,
-                    reason_code="payment_requires_action",
-                    attempt=attempt,
-                    data={"charge_id": result.charge_id},
-                    detail=f"the card needs the customer's authentication ({result.charge_id})",
-                )
-            else:  # ended meanwhile: compensation cancels the PaymentIntent
-                services.compensation_reopen(order_id=order.id)
-            return
-        payment.status = PaymentStatus.CAPTURED
-        payment.save(update_fields=["status", "charge_id", "updated_at"])
-        data = {"charge_id": result.charge_id, "amount": str(result.amount)}
+        if result.status not in (
+            ChargeStatus.CAPTURED,
+            ChargeStatus.DECLINED,
+            ChargeStatus.REQUIRES_ACTION,
+        ):
+            # Not decided yet (`processing`): the id is kept and the retry asks by it.
+            payment.save(update_fields=["charge_id", "updated_at"])
+            undecided = result
+        else:
+            undecided = None
+            _charge_decided(order=order, payment=payment, result=result, attempt=attempt)
+    if undecided is not None:
+        raise TransientError(f"the charge {undecided.charge_id} is {undecided.status}")
+
+
+def _charge_decided(*, order: Order, payment: Payment, result: ChargeResult, attempt: int) -> None:
+    """Record a charge the gateway decided on. Caller holds the order's row lock."""
+    if result.status == ChargeStatus.DECLINED:
+        payment.status, payment.decline_code = PaymentStatus.DECLINED, result.decline_code
+        payment.save(update_fields=["status", "charge_id", "decline_code", "updated_at"])
+        services.order_fail(
+            order_id=order.id,
+            step=Step.CHARGE_PAYMENT,
+            attempt=attempt,
+            reason_code="payment_declined",
+            reason=f"payment declined ({result.decline_code})",
+        )
+        return
+    if result.status == ChargeStatus.REQUIRES_ACTION:
+        payment.status = PaymentStatus.REQUIRES_ACTION
+        payment.client_secret, payment.next_action = result.client_secret, result.next_action
+        payment.action_required_at = timezone.now()
+        payment.save()
         if order.status == OrderStatus.PAYING:
             order_transition(
                 order=order,
-                to=OrderStatus.SHIPPING,
+                to=OrderStatus.AWAITING_PAYMENT_ACTION,
                 step=Step.CHARGE_PAYMENT,
                 outcome=Outcome.SUCCEEDED,
-                reason_code="captured",
+                reason_code="payment_requires_action",
                 attempt=attempt,
-                data=data,
-                detail=f"captured {result.amount} {payment.currency} ({result.charge_id})",
+                data={"charge_id": result.charge_id},
+                detail=f"the card needs the customer's authentication ({result.charge_id})",
             )
-            return
-        # The order ended while the charge was in flight. Compensation may already have run
-        # and found nothing to refund (e.g. its lock vanished with a Redis restart), so it is
-        # opened again: it asks the gateway's ledger and refunds this capture.
-        services.compensation_reopen(order_id=order.id)
-        event_record(
+        else:  # ended meanwhile: compensation cancels the PaymentIntent
+            services.compensation_reopen(order_id=order.id)
+        return
+    payment.status = PaymentStatus.CAPTURED
+    payment.save(update_fields=["status", "charge_id", "updated_at"])
+    data = {"charge_id": result.charge_id, "amount": str(result.amount)}
+    if order.status == OrderStatus.PAYING:
+        order_transition(
             order=order,
+            to=OrderStatus.SHIPPING,
             step=Step.CHARGE_PAYMENT,
             outcome=Outcome.SUCCEEDED,
+            reason_code="captured",
             attempt=attempt,
-            reason_code="captured_after_end",
             data=data,
-            detail=f"captured {result.charge_id} after the order became {order.status}; "
-            "it will be refunded",
+            detail=f"captured {result.amount} {payment.currency} ({result.charge_id})",
         )
+        return
+    # The order ended while the charge was in flight. Compensation may already have run
+    # and found nothing to refund (e.g. its lock vanished with a Redis restart), so it is
+    # opened again: it asks the gateway's ledger and refunds this capture.
+    services.compensation_reopen(order_id=order.id)
+    event_record(
+        order=order,
+        step=Step.CHARGE_PAYMENT,
+        outcome=Outcome.SUCCEEDED,
+        attempt=attempt,
+        reason_code="captured_after_end",
+        data=data,
+        detail=f"captured {result.charge_id} after the order became {order.status}; "
+        "it will be refunded",
+    )
 
 
 def payment_action_deadline_passed(payment: Payment) -> bool:
@@ -326,6 +356,8 @@ def payment_action_check(*, order_id: OrderId, attempt: int) -> None:
                 "payment_authentication_failed",
                 f"payment authentication failed ({charge.decline_code or 'declined'})",
             )
+        elif charge.status != ChargeStatus.CANCELED:
+            return  # not decided yet (`processing`): the sweep asks again
         elif expired:
             payment.status = PaymentStatus.NOT_CHARGED
             reason_code = "payment_action_expired"
@@ -333,7 +365,7 @@ def payment_action_check(*, order_id: OrderId, attempt: int) -> None:
                 "the customer did not authenticate the payment within "
                 f"{settings.ORDER_PAYMENT_ACTION_DEADLINE_SECONDS}s"
             )
-        else:  # cancelled at the gateway (its dashboard), or another state we cannot go on from
+        else:  # cancelled at the gateway (its dashboard)
             payment.status = PaymentStatus.NOT_CHARGED
             reason_code, reason = (
                 "payment_canceled",
@@ -351,9 +383,21 @@ def payment_action_check(*, order_id: OrderId, attempt: int) -> None:
 
 # --- 3. Create the shipment -------------------------------------------------------------
 def create_shipment(*, order_id: OrderId, attempt: int) -> None:
-    order = Order.objects.get(pk=order_id)
+    order = Order.objects.select_related("payment").get(pk=order_id)
     if order.status != OrderStatus.SHIPPING:
         _skip(order, Step.CREATE_SHIPMENT, attempt, f"order is {order.status}")
+        return
+    if order.payment.status == PaymentStatus.REFUNDED:
+        # Refunded in full at the gateway (its dashboard) before anything was shipped: the
+        # goods do not go out unpaid.
+        shipment_fail(
+            order_id=order.id,
+            step=Step.CREATE_SHIPMENT,
+            attempt=attempt,
+            reason_code="refunded_before_shipping",
+            reason="the payment was refunded at the gateway before the shipment was made",
+            resume=False,
+        )
         return
     try:
         result = get_carrier().create_shipment(
@@ -624,8 +668,11 @@ def _settle_charges(*, order: Order, payment: Payment, attempt: int) -> None:
                     raise
                 # The customer authenticated in this very moment: it is captured now.
                 charge = gateway.retrieve(charge_id=charge.charge_id)
-        if charge.status != ChargeStatus.CAPTURED:
+        if charge.status == ChargeStatus.CANCELED:
             continue
+        if charge.status != ChargeStatus.CAPTURED:
+            # `processing` and the like: money may yet be taken; ask again after a backoff.
+            raise TransientError(f"the charge {charge.charge_id} is {charge.status}")
         if charge.refunded:
             refund_ids.append(next((r[0] for r in charge.refunds), ""))
             continue
@@ -635,13 +682,15 @@ def _settle_charges(*, order: Order, payment: Payment, attempt: int) -> None:
             idempotency_key=f"refund-{charge.charge_id}",
         )
         refund_ids.append(refund.refund_id)
+    settled: dict[str, Any] = {"client_secret": "", "next_action": None}
     if refund_ids:
-        payment.status, payment.amount_refunded = PaymentStatus.REFUNDED, payment.amount
+        settled.update(status=PaymentStatus.REFUNDED, amount_refunded=payment.amount)
     elif payment.status != PaymentStatus.DECLINED:
-        payment.status = PaymentStatus.NOT_CHARGED
-    payment.refund_id = next((r for r in refund_ids if r), "")
-    payment.client_secret, payment.next_action = "", None
-    payment.save()
+        settled.update(status=PaymentStatus.NOT_CHARGED)
+    settled["refund_id"] = next((r for r in refund_ids if r), "")
+    # Only these fields: a webhook may have recorded a dispute meanwhile.
+    Payment.objects.filter(pk=payment.pk).update(**settled, updated_at=timezone.now())
+    payment.refresh_from_db()
     event_record(
         order=order,
         step=Step.COMPENSATE,

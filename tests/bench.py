@@ -190,6 +190,7 @@ def _one(args) -> None:
         "REDIS_URL": BENCH_REDIS,
         "CELERY_BROKER_URL": BENCH_RABBITMQ if args.broker == "rabbitmq" else BENCH_REDIS,
         "SANDBOX_URL": f"http://127.0.0.1:{port}/sandbox/",
+        "STRIPE_API_BASE": f"http://127.0.0.1:{port}/sandbox/stripe",
         "CELERY_DB_REUSE_MAX": str(args.reuse_max),
         "LOG_LEVEL": "WARNING",
     }
@@ -354,9 +355,12 @@ def _costs(procs: list, access_log: str) -> dict[str, float]:
     stats = redis.Redis.from_url(BENCH_REDIS).info("commandstats")
     try:
         with open(access_log) as log:
-            provider_calls = sum("/sandbox/" in line for line in log)
+            lines = log.readlines()
+        provider_calls = sum("/sandbox/" in line for line in lines)
+        # Stripe's events, sent back by the sandbox to the webhook endpoint.
+        webhook_calls = sum("/api/webhooks/" in line for line in lines)
     except FileNotFoundError:
-        provider_calls = 0
+        provider_calls = webhook_calls = 0
     ticks = os.sysconf("SC_CLK_TCK")
 
     def cpu_ms(pid: int) -> float:
@@ -376,6 +380,7 @@ def _costs(procs: list, access_log: str) -> dict[str, float]:
         "rows_fetched": row[3],
         "redis_commands": sum(v["calls"] for v in stats.values()),
         "provider_http_calls": provider_calls,
+        "webhook_calls": webhook_calls,
         "web_cpu_ms": cpu_ms(procs[0].pid),
         "worker_cpu_ms": cpu_ms(procs[1].pid),
     }

@@ -118,6 +118,11 @@ class FakeGateway(_Scripted):
             else "",
         )
 
+    def retrieve_result(self, *, charge_id: str) -> ChargeResult:
+        self._check_reachable("retrieve")
+        charge = self._find(charge_id)
+        return ChargeResult(status=charge.status, charge_id=charge_id, amount=charge.amount)
+
     def _find(self, charge_id: str) -> _Charge:
         return next(c for c in self.charges.values() if c.charge_id == charge_id)
 

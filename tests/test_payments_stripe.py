@@ -134,20 +134,27 @@ def test_an_event_delivered_three_times_and_out_of_order_acts_once(
     }
     succeeded = json.dumps(events["payment_intent.succeeded"]).encode()
     older = json.dumps(events["payment_intent.requires_action"]).encode()
+    # A failure of an earlier attempt, as Stripe would send it, arriving first and late: its
+    # copy of the PaymentIntent is out of date, and the order must not act on it.
+    stale = events["payment_intent.succeeded"] | {
+        "id": "evt_stale_failure",
+        "type": "payment_intent.payment_failed",
+    }
+    stale["data"] = {"object": {**stale["data"]["object"], "status": "requires_payment_method"}}
 
     answers = [
         _post_event(live_api.base_url, body, settings.STRIPE_WEBHOOK_SECRET).json()
-        for body in (succeeded, succeeded, older, succeeded)  # the oldest arrives third
+        for body in (json.dumps(stale).encode(), succeeded, succeeded, older, succeeded)
     ]
     done = wait_for_order(order["id"], timeout=30)
 
-    assert [a["duplicate"] for a in answers] == [False, True, False, True]
+    assert [a["duplicate"] for a in answers] == [False, False, True, False, True]
     assert done.status == "completed"
     assert [(c["status"], c["refunded"]) for c in ledger(done.id)] == [("succeeded", False)]
     assert done.events.filter(reason_code="captured").count() == 1
     assert done.events.filter(reason_code="shipment_created").count() == 1
     assert done.notifications.filter(sent_at__isnull=False).count() == 1
-    assert ProviderEvent.objects.filter(order=done).count() == 1  # requires_action: ignored
+    assert ProviderEvent.objects.filter(order=done).count() == 2  # requires_action: ignored
     assert ProviderEvent.objects.get(type="payment_intent.requires_action").result == ""
 
 

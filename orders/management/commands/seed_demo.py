@@ -55,6 +55,14 @@ class Command(BaseCommand):
             '"city": "London", "postal_code": "N1 9GU", "country": "GB"}, '
             '"payment_token": "pm_card_visa"}\''
         )
+        self.stdout.write(
+            "It pays with Stripe's test card pm_card_visa through the sandbox's Stripe; "
+            "pm_card_authenticationRequired asks for 3-D Secure, which you pass with:"
+        )
+        self.stdout.write(
+            f"  curl -s -X POST {base_url}/sandbox/stripe/test/payment_intents/<pi_id>/"
+            "authenticate -H 'Content-Type: application/json' -d '{\"outcome\": \"succeed\"}'"
+        )
         self.stdout.write("Then follow it (use the id from the answer):")
         self.stdout.write(
             f"  curl -s {base_url}/api/orders/<id>/ -H 'Authorization: Token {token.key}'"
