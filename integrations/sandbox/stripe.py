@@ -42,7 +42,7 @@ from typing import Any
 
 import requests
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
@@ -217,40 +217,33 @@ def _idempotent(
     fingerprint = hashlib.sha256(
         json.dumps([request.path, params], sort_keys=True).encode()
     ).hexdigest()
-    try:
-        with transaction.atomic():
-            record = SandboxIdempotentRequest.objects.create(key=key, fingerprint=fingerprint)
-    except IntegrityError:
-        existing = SandboxIdempotentRequest.objects.get(key=key)
-        if existing.fingerprint != fingerprint:
-            return error(
-                400,
-                "idempotency_error",
-                "Keys for idempotent requests can only be used with the same parameters they "
-                f"were first used with. Try using a key other than '{key}' if you meant to "
-                "execute a different request.",
-            )
-        if existing.status_code is None:
-            return error(
-                409,
-                "idempotency_error",
-                "There is currently another in-progress request using this Idempotent Key.",
-                code="idempotency_key_in_use",
-            )
-        replay = JsonResponse(existing.body, status=existing.status_code)
-        replay["Idempotent-Replayed"] = "true"
-        return replay
-    try:
+    # One transaction per keyed request: the key's lock (PostgreSQL; SQLite's IMMEDIATE
+    # transactions queue writers anyway), the look-up, the work, and the stored answer.
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [key])
+        existing = SandboxIdempotentRequest.objects.filter(key=key).first()
+        if existing is not None:
+            if existing.fingerprint != fingerprint:
+                return error(
+                    400,
+                    "idempotency_error",
+                    "Keys for idempotent requests can only be used with the same parameters "
+                    f"they were first used with. Try using a key other than '{key}' if you "
+                    "meant to execute a different request.",
+                )
+            replay = JsonResponse(existing.body, status=existing.status_code)
+            replay["Idempotent-Replayed"] = "true"
+            return replay
         response = handle()
-    except BaseException:
-        record.delete()
-        raise
-    if response.status_code >= 500:
-        record.delete()
-    else:
-        record.status_code = response.status_code
-        record.body = json.loads(response.content)
-        record.save(update_fields=["status_code", "body"])
+        if response.status_code < 500:  # a 500 before the endpoint acted is not kept
+            SandboxIdempotentRequest.objects.create(
+                key=key,
+                fingerprint=fingerprint,
+                status_code=response.status_code,
+                body=json.loads(response.content),
+            )
     # tok_timeout_after_success: the answer is kept (a retry replays it), then given late.
     if delay := getattr(request, "_answer_late_by", 0):
         time.sleep(delay)
@@ -468,7 +461,7 @@ def _create_intent(request: HttpRequest, params: dict[str, Any]) -> JsonResponse
             failed = error(500, "api_error", "sandbox: tok_flaky fails twice before it succeeds")
             failed["Stripe-Should-Retry"] = "true"
             return failed
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         pi = SandboxPaymentIntent(
             amount=amount,
             currency=currency,
@@ -576,7 +569,7 @@ def payment_intent_cancel(request: HttpRequest, intent_id: str) -> JsonResponse:
     params = _params(request)
 
     def cancel() -> JsonResponse:
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             pi = SandboxPaymentIntent.objects.select_for_update().filter(pk=intent_id).first()
             if pi is None:
                 return _missing("payment_intent", intent_id)
@@ -612,7 +605,7 @@ def refunds(request: HttpRequest) -> JsonResponse:
 
 def _create_refund(request: HttpRequest, params: dict[str, Any]) -> JsonResponse:
     intent_id = str(params.get("payment_intent") or "")
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         pi = SandboxPaymentIntent.objects.select_for_update().filter(pk=intent_id).first()
         if pi is None:
             return _missing("payment_intent", intent_id)
