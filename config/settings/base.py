@@ -398,6 +398,8 @@ LOGGING: dict[str, Any] = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # The SDK logs two INFO lines per call (request, response); our own lines say more.
+        "stripe": {"level": "WARNING"},
         # A worker's "ready" and beat's start are what supervisors and the tests wait for.
         "celery.apps": {"level": "INFO"},
         "celery.beat": {"level": "INFO"},
