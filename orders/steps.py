@@ -641,7 +641,15 @@ def _ledger(payment: Payment) -> list[GatewayCharge]:
     otherwise the gateway's own search (which raises rather than guess "none")."""
     gateway = get_payment_gateway()
     if payment.charge_id:
-        return [gateway.retrieve(charge_id=payment.charge_id)]
+        try:
+            return [gateway.retrieve(charge_id=payment.charge_id)]
+        except PermanentError as exc:
+            if exc.code != "resource_missing":
+                raise
+            # The gateway has no such charge (another account's key, a deleted object):
+            # nothing there can hold the customer's money.
+            logger.error("order %s: the gateway has no charge %s", payment.order_id, exc)
+            return []
     return gateway.find_charges(
         order_id=str(payment.order_id),
         idempotency_key=payment.idempotency_key,

@@ -85,7 +85,7 @@ class SandboxStripeEvent(models.Model):
     type = models.CharField(max_length=64)
     body = models.JSONField()
     url = models.CharField(max_length=500)
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)  # 0 when the first attempt delivered it
     delivered_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
