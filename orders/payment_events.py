@@ -116,7 +116,7 @@ def _triage(event_type: str, event: dict[str, Any]) -> dict[str, Any]:
         order_id = uuid.UUID(str((obj.get("metadata") or {}).get("order_id")))
     except ValueError:
         return {"processed_at": timezone.now(), "result": "unknown_order"}
-    status = Order.objects.filter(pk=order_id).values_list("status", flat=True).first()
+    status = next(iter(Order.objects.filter(pk=order_id).values_list("status", flat=True)), None)
     if status in (OrderStatus.AWAITING_PAYMENT_ACTION, *COMPENSATED_STATUSES):
         return {}
     result = "unknown_order" if status is None else "noted"

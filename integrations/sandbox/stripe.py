@@ -42,7 +42,7 @@ from typing import Any
 
 import requests
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
@@ -218,33 +218,35 @@ def _idempotent(
     fingerprint = hashlib.sha256(
         json.dumps([request.path, params], sort_keys=True).encode()
     ).hexdigest()
-    # One transaction per keyed request: the key's lock (PostgreSQL; SQLite's IMMEDIATE
-    # transactions queue writers anyway), the look-up, the work, and the stored answer.
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [key])
-        existing = SandboxIdempotentRequest.objects.filter(key=key).first()
-        if existing is not None:
-            if existing.fingerprint != fingerprint:
-                return error(
-                    400,
-                    "idempotency_error",
-                    "Keys for idempotent requests can only be used with the same parameters "
-                    f"they were first used with. Try using a key other than '{key}' if you "
-                    "meant to execute a different request.",
-                )
-            replay = JsonResponse(existing.body, status=existing.status_code)
-            replay["Idempotent-Replayed"] = "true"
-            return replay
-        response = handle()
-        if response.status_code < 500:  # a 500 before the endpoint acted is not kept
-            SandboxIdempotentRequest.objects.create(
-                key=key,
-                fingerprint=fingerprint,
-                status_code=response.status_code,
-                body=json.loads(response.content),
+    # One transaction per keyed request: the look-up, the work and the stored answer. Two
+    # requests racing with one key: the second's insert of the answer fails on the key's
+    # unique constraint, its work is rolled back with it, and it replays the first's answer.
+    try:
+        with transaction.atomic():
+            existing = next(iter(SandboxIdempotentRequest.objects.filter(key=key)[:1]), None)
+            if existing is None:
+                response = handle()
+                if response.status_code < 500:  # a 500 before the endpoint acted: not kept
+                    SandboxIdempotentRequest.objects.create(
+                        key=key,
+                        fingerprint=fingerprint,
+                        status_code=response.status_code,
+                        body=json.loads(response.content),
+                    )
+    except IntegrityError:
+        existing = SandboxIdempotentRequest.objects.get(key=key)
+    if existing is not None:
+        if existing.fingerprint != fingerprint:
+            return error(
+                400,
+                "idempotency_error",
+                "Keys for idempotent requests can only be used with the same parameters "
+                f"they were first used with. Try using a key other than '{key}' if you "
+                "meant to execute a different request.",
             )
+        replay = JsonResponse(existing.body, status=existing.status_code)
+        replay["Idempotent-Replayed"] = "true"
+        return replay
     # tok_timeout_after_success: the answer is kept (a retry replays it), then given late.
     if delay := getattr(request, "_answer_late_by", 0):
         time.sleep(delay)
