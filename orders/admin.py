@@ -66,7 +66,7 @@ class ProductForm(forms.ModelForm):
 
     class Meta:
         model = Product
-        fields = ["sku", "name", "price", "currency", "is_active"]
+        fields = ["sku", "name", "price", "currency", "weight_grams", "is_active"]
 
 
 class StockAdjustmentInline(ReadOnlyMixin, admin.TabularInline):
@@ -92,6 +92,7 @@ class ProductAdmin(admin.ModelAdmin):
         "name",
         "price",
         "currency",
+        "weight_grams",
         "is_active",
         "stock",
         "adjust_stock",
@@ -158,6 +159,21 @@ class DisputedFilter(admin.SimpleListFilter):
         return queryset
 
 
+class DeliveryProblemFilter(admin.SimpleListFilter):
+    title = "delivery"
+    parameter_name = "delivery"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("problem", "Delivery problem (returned, lost)"), ("delivered", "Delivered")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Order]) -> QuerySet[Order]:
+        if self.value() == "problem":
+            return queryset.filter(shipment__delivery_problem_at__isnull=False)
+        if self.value() == "delivered":
+            return queryset.filter(shipment__tracking_status="delivered")
+        return queryset
+
+
 class OrderLineInline(ReadOnlyMixin, admin.TabularInline):
     model = OrderLine
     extra = 0
@@ -189,8 +205,34 @@ class PaymentInline(ReadOnlyMixin, admin.StackedInline):
 class ShipmentInline(ReadOnlyMixin, admin.StackedInline):
     model = Shipment
     extra = 0
-    fields = ("carrier", "tracking_number", "carrier_reference", "created_at")
+    fields = (
+        "label_status",
+        "carrier",
+        "service",
+        "rate",
+        "rate_currency",
+        "tracking_number",
+        "tracking_status",
+        "tracking_updated_at",
+        "delivery_problem_at",
+        "label",
+        "tracking_page",
+        "carrier_reference",
+        "tracker_id",
+        "purchased_at",
+        "created_at",
+    )
     readonly_fields = fields
+
+    @admin.display(description="label")
+    def label(self, obj: Shipment) -> SafeString | str:
+        return format_html('<a href="{}">label</a>', obj.label_url) if obj.label_url else "-"
+
+    @admin.display(description="tracking page")
+    def tracking_page(self, obj: Shipment) -> SafeString | str:
+        if not obj.tracking_url:
+            return "-"
+        return format_html('<a href="{}">{}</a>', obj.tracking_url, obj.tracking_url)
 
 
 class NotificationInline(ReadOnlyMixin, admin.TabularInline):
@@ -220,7 +262,7 @@ def _actor(event: OrderEvent) -> str:
 @admin.register(Order)
 class OrderAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("id", "email", "status", "total", "currency", "created_at", "updated_at")
-    list_filter = (StalledFilter, DisputedFilter, "status", "created_at")
+    list_filter = (StalledFilter, DisputedFilter, DeliveryProblemFilter, "status", "created_at")
     date_hierarchy = "created_at"
     search_fields = ("=id", "email", "user__email", "user__username")
     list_select_related = ("user",)
@@ -407,7 +449,20 @@ class PaymentAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 @admin.register(Shipment)
 class ShipmentAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ("order", "carrier", "tracking_number", "created_at")
+    list_display = (
+        "order",
+        "carrier",
+        "service",
+        "tracking_number",
+        "tracking_status",
+        "delivery_problem_at",
+        "created_at",
+    )
+    list_filter = (
+        "label_status",
+        "tracking_status",
+        ("delivery_problem_at", admin.EmptyFieldListFilter),
+    )
     search_fields = ("=order__id", "tracking_number")
 
 

@@ -98,6 +98,8 @@ def provider_errors() -> list[str]:
             errors.append(f"{name}={path} is a sandbox adapter, and the sandbox is off here")
     if settings.PAYMENT_GATEWAY == "integrations.payments.StripeGateway":
         errors += stripe_errors()
+    if settings.SHIPPING_CARRIER == "integrations.shipping.EasyPostCarrier":
+        errors += easypost_errors()
     if settings.EMAIL_BACKEND in NON_DELIVERING_EMAIL_BACKENDS:
         errors.append(f"EMAIL_BACKEND={settings.EMAIL_BACKEND} delivers no email to customers")
     return errors
@@ -112,6 +114,21 @@ def stripe_errors() -> list[str]:
         errors.append("STRIPE_API_KEY is not set")
     if not settings.STRIPE_WEBHOOK_SECRET:
         errors.append("STRIPE_WEBHOOK_SECRET is not set: Stripe's webhooks cannot be verified")
+    return errors
+
+
+def easypost_errors() -> list[str]:
+    """Production's EasyPost: over TLS, with a key, the webhook secret and a sender."""
+    errors = []
+    if not settings.EASYPOST_API_BASE.startswith("https://"):
+        errors.append(f"EASYPOST_API_BASE={settings.EASYPOST_API_BASE!r} is not https")
+    if not settings.EASYPOST_API_KEY:
+        errors.append("EASYPOST_API_KEY is not set")
+    if not settings.EASYPOST_WEBHOOK_SECRET:
+        errors.append("EASYPOST_WEBHOOK_SECRET is not set: tracking events cannot be verified")
+    missing = {"name", "street1", "city", "zip", "country"} - set(settings.SHIPPING_FROM_ADDRESS)
+    if missing:
+        errors.append(f"SHIPPING_FROM_ADDRESS lacks {', '.join(sorted(missing))}")
     return errors
 
 

@@ -148,13 +148,14 @@ def relay_pending() -> int:
     return sent
 
 
-def provider_event_process(*, event_pk: int) -> None:
-    """Process a webhook event once the transaction that recorded it commits. If the broker
-    is down the event stays unprocessed and the recovery sweep sends it again."""
+def provider_event_process(*, event_pk: int, carrier: bool = False) -> None:
+    """Process a webhook event (the gateway's, or the carrier's) once the transaction that
+    recorded it commits. If the broker is down the event stays unprocessed and the recovery
+    sweep sends it again."""
 
     def send() -> None:
         try:
-            workflow.provider_event(event_pk=event_pk).apply_async()
+            workflow.provider_event(event_pk=event_pk, carrier=carrier).apply_async()
         except Exception:  # any broker library's error: the sweep sends it later
             logger.warning(
                 "could not queue provider event %s; the sweep sends it", event_pk, exc_info=True

@@ -53,6 +53,10 @@ PAYMENT_DISPUTES = Counter(
 PAYMENTS_REFUNDED_OUTSIDE = Counter(
     "payments_refunded_outside_total", "Refunds made at Stripe outside the backend (its dashboard)"
 )
+DELIVERY_PROBLEMS = Counter(
+    "shipment_delivery_problems_total",
+    "Parcels returned to sender or lost (EasyPost's return_to_sender, failure)",
+)
 THROTTLE_FAIL_OPEN = Counter(
     "throttle_fail_open_total",
     "Requests let through unthrottled because the throttle's cache was unreachable",
@@ -86,6 +90,8 @@ def _count(
         COMPENSATIONS.labels(action="refund").inc()
     if step == Step.COMPENSATE and reason_code == "email_sent":
         COMPENSATIONS.labels(action="email").inc()
+    if reason_code == "delivery_problem":
+        DELIVERY_PROBLEMS.inc()
     if reason_code == "disputed":
         PAYMENT_DISPUTES.inc()
     if reason_code == "refunded_outside":

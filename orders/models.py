@@ -13,6 +13,8 @@ class Product(models.Model):
     currency = models.CharField(max_length=3, default="EUR")
     # Units available now: a reservation takes from it, a release gives back.
     stock = models.PositiveIntegerField(default=0)
+    # The parcel's weight is the sum over the order's lines (the carrier prices by it).
+    weight_grams = models.PositiveIntegerField()
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -242,11 +244,57 @@ class Payment(models.Model):
         return f"{self.amount} {self.currency} ({self.status})"
 
 
+class LabelStatus(models.TextChoices):
+    CREATING = "creating"  # a create was sent: if its answer is lost, the ledger is asked
+    CREATED = "created"  # the carrier's shipment exists (carrier_reference); no label yet
+    PURCHASED = "purchased"  # the label is bought: the goods go out
+
+
+class TrackingStatus(models.TextChoices):
+    PRE_TRANSIT = "pre_transit"
+    IN_TRANSIT = "in_transit"
+    OUT_FOR_DELIVERY = "out_for_delivery"
+    DELIVERED = "delivered"
+    RETURN_TO_SENDER = "return_to_sender"
+    FAILURE = "failure"
+
+
+# A parcel's status only moves forward: a late `in_transit` never undoes `delivered`.
+TRACKING_RANK: dict[str, int] = {
+    TrackingStatus.PRE_TRANSIT: 1,
+    TrackingStatus.IN_TRANSIT: 2,
+    TrackingStatus.OUT_FOR_DELIVERY: 3,
+    TrackingStatus.DELIVERED: 4,
+    TrackingStatus.RETURN_TO_SENDER: 4,
+    TrackingStatus.FAILURE: 4,
+}
+DELIVERY_PROBLEMS = frozenset({TrackingStatus.RETURN_TO_SENDER, TrackingStatus.FAILURE})
+
+
 class Shipment(models.Model):
+    """The order's shipment, written before the carrier is called (`creating`), its carrier
+    id recorded before the label is bought (`created`): a retry retrieves, never creates or
+    buys twice."""
+
     order = models.OneToOneField(Order, on_delete=models.CASCADE, related_name="shipment")
-    carrier = models.CharField(max_length=50)
-    tracking_number = models.CharField(max_length=100)
+    label_status = models.CharField(
+        max_length=16, choices=LabelStatus.choices, default=LabelStatus.CREATING
+    )
+    carrier = models.CharField(max_length=50, blank=True)
+    service = models.CharField(max_length=50, blank=True)
+    rate = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    rate_currency = models.CharField(max_length=3, blank=True)
+    tracking_number = models.CharField(max_length=100, blank=True, db_index=True)
+    # The carrier's shipment id (EasyPost: shp_...), and its tracker (trk_...).
     carrier_reference = models.CharField(max_length=100, blank=True)
+    tracker_id = models.CharField(max_length=100, blank=True, db_index=True)
+    label_url = models.URLField(max_length=500, blank=True)
+    # The carrier's public page for the parcel, linked in the "shipped" email.
+    tracking_url = models.URLField(max_length=500, blank=True)
+    tracking_status = models.CharField(max_length=20, choices=TrackingStatus.choices, blank=True)
+    tracking_updated_at = models.DateTimeField(null=True, blank=True)
+    delivery_problem_at = models.DateTimeField(null=True, blank=True)
+    purchased_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -257,6 +305,7 @@ class NotificationKind(models.TextChoices):
     CONFIRMATION = "confirmation"  # the order is completed
     FAILURE = "failure"  # "we could not complete your order"
     CANCELLATION = "cancellation"  # the order was cancelled
+    SHIPPED = "shipped"  # the parcel is on its way (its first `in_transit`)
 
 
 class Notification(models.Model):
@@ -285,6 +334,7 @@ class Step(models.TextChoices):
     SEND_CONFIRMATION_EMAIL = "send_confirmation_email"
     COMPENSATE = "compensate"  # release stock, refund, tell the customer
     PAYMENT_EVENT = "payment_event"  # the gateway told us something (a webhook)
+    TRACKING = "tracking"  # the carrier told us where the parcel is (a webhook)
     RECOVERY = "recovery"  # the sweep resumed or expired the order
 
 
@@ -304,6 +354,7 @@ class ActorKind(models.TextChoices):
     STAFF = "staff"  # a staff user, through the API or the admin
     SYSTEM = "system"  # the workflow, the sweep
     STRIPE = "stripe"  # told by Stripe's webhook: a refund or dispute made outside the backend
+    EASYPOST = "easypost"  # told by EasyPost's webhook: where the parcel is
 
 
 class OrderEvent(models.Model):

@@ -36,7 +36,12 @@ RECEIPT_MIN_TTL_SECONDS = 7 * 24 * 3600
 def render(*, order: Order, kind: str) -> tuple[str, str]:
     """The subject and body of the order's email of this kind."""
     shipment = Shipment.objects.filter(order=order).first()
-    context = {"order": order, "tracking": shipment.tracking_number if shipment else "-"}
+    context = {
+        "order": order,
+        "shipment": shipment,
+        "tracking": (shipment.tracking_number if shipment else "") or "-",
+        "tracking_url": shipment.tracking_url if shipment else "",
+    }
     subject = render_to_string(f"orders/email/{kind}_subject.txt", context).strip()
     body = render_to_string(f"orders/email/{kind}_body.txt", context)
     return subject, body

@@ -15,19 +15,18 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import stripe
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from integrations.errors import PermanentError
 from integrations.payments import get_payment_gateway
 
-from . import dispatch, services
+from . import dispatch, provider_events, services
 from .errors import ApplicationError
 from .models import (
     COMPENSATED_STATUSES,
@@ -78,31 +77,10 @@ def stripe_event_receive(*, payload: bytes, signature: str | None) -> tuple[Prov
         received_at=timezone.now(),
         **_triage(event_type, event),
     )
-    created = _insert_once(record)
+    created = provider_events.insert_once(record)
     if created and record.processed_at is None and record.type in HANDLERS:
         dispatch.provider_event_process(event_pk=record.pk)
     return record, created
-
-
-def _insert_once(record: ProviderEvent) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING: one statement where get_or_create takes five (a
-    read, a savepoint, the insert, its release, the commit), on every webhook. Sets the
-    record's pk and returns True if it is new."""
-    fields = [f for f in ProviderEvent._meta.concrete_fields if not f.primary_key]
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    values = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {ProviderEvent._meta.db_table} ({columns}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) "
-            "ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
-            values,
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return False
-    record.pk = row[0]
-    return True
 
 
 def _triage(event_type: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -147,16 +125,6 @@ def stripe_event_process(*, event_pk: int) -> str:
         processed_at=timezone.now(), result=result, order=order
     )
     return result
-
-
-def unprocessed_events(*, older_than_seconds: float) -> list[int]:
-    """Events recorded but never processed (the broker was down when they came)."""
-    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    return list(
-        ProviderEvent.objects.filter(
-            processed_at__isnull=True, received_at__lt=cutoff, type__in=list(HANDLERS)
-        ).values_list("pk", flat=True)[:500]
-    )
 
 
 def _order_of(intent_id: str, metadata: dict[str, Any] | None) -> Order | None:

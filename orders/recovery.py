@@ -20,7 +20,7 @@ from django.utils import timezone
 from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
-from . import dispatch, payment_events, services, steps
+from . import carrier_events, dispatch, payment_events, provider_events, services, steps
 from .locks import lock_key, step_lock
 from .models import (
     COMPENSATED_STATUSES,
@@ -98,10 +98,18 @@ def sweep() -> dict[str, Any]:
 def _provider_events_resend() -> int:
     """Webhook events recorded while the broker was down (or whose task gave up) are sent
     to the payments queue again; processing is idempotent."""
-    pending = payment_events.unprocessed_events(older_than_seconds=settings.ORDER_STALL_SECONDS)
-    for event_pk in pending:
-        dispatch.provider_event_process(event_pk=event_pk)
-    return len(pending)
+    sent = 0
+    for provider, types, carrier in (
+        (payment_events.STRIPE, payment_events.HANDLERS, False),
+        (carrier_events.EASYPOST, carrier_events.HANDLED, True),
+    ):
+        pending = provider_events.unprocessed(
+            provider=provider, types=types, older_than_seconds=settings.ORDER_STALL_SECONDS
+        )
+        for event_pk in pending:
+            dispatch.provider_event_process(event_pk=event_pk, carrier=carrier)
+        sent += len(pending)
+    return sent
 
 
 def _email_waits(order: Order, idle: int) -> bool:

@@ -16,12 +16,13 @@ from django.utils import timezone
 
 from integrations.errors import PermanentError, ProviderError, TransientError
 from integrations.payments import ChargeResult, ChargeStatus, GatewayCharge, get_payment_gateway
-from integrations.shipping import ShipmentResult, get_carrier
+from integrations.shipping import CarrierShipment, get_carrier
 
 from . import dispatch, services
 from .errors import StepNotReady
 from .models import (
     COMPENSATED_STATUSES,
+    LabelStatus,
     LineReservation,
     NotificationKind,
     Order,
@@ -381,8 +382,13 @@ def payment_action_check(*, order_id: OrderId, attempt: int) -> None:
         )
 
 
-# --- 3. Create the shipment -------------------------------------------------------------
+# --- 3. Create the shipment and buy its label ----------------------------------------------
 def create_shipment(*, order_id: OrderId, attempt: int) -> None:
+    """Create the carrier's shipment and buy its label, never twice. The Shipment row is
+    committed before the create (`creating`) and the carrier's id before the buy
+    (`created`): a retry retrieves what was recorded; a create whose answer was lost is
+    looked up by the order's reference before another is made; a label already bought is
+    the step's success."""
     order = Order.objects.select_related("payment").get(pk=order_id)
     if order.status != OrderStatus.SHIPPING:
         _skip(order, Step.CREATE_SHIPMENT, attempt, f"order is {order.status}")
@@ -399,14 +405,24 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
             resume=False,
         )
         return
+    row, first_try = Shipment.objects.get_or_create(order=order)
+    carrier = get_carrier()
     try:
-        result = get_carrier().create_shipment(
-            order_id=str(order.id),
-            address=order.shipping_address,
-            idempotency_key=f"order-{order.id}-shipment",
-        )
+        found = _carrier_shipment(order=order, row=row, first_try=first_try)
+        if found is None:
+            found = carrier.create_shipment(
+                order_id=str(order.id),
+                address=order.shipping_address,
+                parcel_grams=_parcel_grams(order),
+            )
+        if row.carrier_reference != found.shipment_id:
+            Shipment.objects.filter(pk=row.pk).update(
+                carrier_reference=found.shipment_id, label_status=LabelStatus.CREATED
+            )
+        if not found.purchased:
+            found = _buy(found)
     except PermanentError as exc:
-        # The chain goes on to the confirmation if the ledger shows a shipment after all.
+        # Asks the ledger first: the chain goes on to the confirmation if a label exists.
         shipment_fail(
             order_id=order.id,
             step=Step.CREATE_SHIPMENT,
@@ -417,26 +433,67 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
         )
         return
     _shipment_record(
-        order_id=order.id, result=result, attempt=attempt, reason_code="shipment_created"
+        order_id=order.id, result=found, attempt=attempt, reason_code="shipment_created"
     )
 
 
+def _carrier_shipment(*, order: Order, row: Shipment, first_try: bool) -> CarrierShipment | None:
+    """What the carrier holds already: the recorded shipment, or (after a create whose
+    answer was lost) one found by the order's reference. None: nothing, create it."""
+    carrier = get_carrier()
+    if row.carrier_reference:
+        return carrier.retrieve(shipment_id=row.carrier_reference)
+    if first_try:
+        return None  # no create was ever sent for this order
+    found = carrier.find_shipments(order_id=str(order.id), since=order.created_at)
+    bought = [s for s in found if s.purchased]
+    return next(iter(bought or found), None)
+
+
+def _buy(shipment: CarrierShipment) -> CarrierShipment:
+    try:
+        return get_carrier().buy(shipment=shipment)
+    except PermanentError as exc:
+        if exc.code != "SHIPMENT.POSTAGE.EXISTS":
+            raise
+        # Bought by a run whose answer was lost: the label is there.
+        return get_carrier().retrieve(shipment_id=shipment.shipment_id)
+
+
+def _parcel_grams(order: Order) -> int:
+    lines = order.lines.select_related("product")
+    return sum(line.quantity * line.product.weight_grams for line in lines) or 1
+
+
 def _shipment_record(
-    *, order_id: OrderId, result: ShipmentResult, attempt: int, reason_code: str, detail: str = ""
+    *,
+    order_id: OrderId,
+    result: CarrierShipment,
+    attempt: int,
+    reason_code: str,
+    detail: str = "",
 ) -> bool:
-    """Record the carrier's shipment and move the order to `confirming`. Returns False if the
+    """Record the bought label and move the order to `confirming`. Returns False if the
     order is no longer shipping."""
     with transaction.atomic():
         order = lock_order(order_id)
         if order.status != OrderStatus.SHIPPING:
             _skip(order, Step.CREATE_SHIPMENT, attempt, f"order is {order.status}")
             return False
-        Shipment.objects.get_or_create(
+        Shipment.objects.update_or_create(
             order=order,
             defaults={
+                "label_status": LabelStatus.PURCHASED,
                 "carrier": result.carrier,
-                "tracking_number": result.tracking_number,
-                "carrier_reference": result.reference,
+                "service": result.service,
+                "rate": result.amount,
+                "rate_currency": result.currency,
+                "tracking_number": result.tracking_code,
+                "carrier_reference": result.shipment_id,
+                "tracker_id": result.tracker_id,
+                "label_url": result.label_url,
+                "tracking_url": result.tracking_url,
+                "purchased_at": timezone.now(),
             },
         )
         order_transition(
@@ -446,16 +503,39 @@ def _shipment_record(
             outcome=Outcome.SUCCEEDED,
             reason_code=reason_code,
             attempt=attempt,
-            data={"carrier": result.carrier, "tracking_number": result.tracking_number},
-            detail=detail or f"{result.carrier} {result.tracking_number}",
+            data={
+                "carrier": result.carrier,
+                "service": result.service,
+                "tracking_number": result.tracking_code,
+                "shipment_id": result.shipment_id,
+            },
+            detail=detail
+            or f"{result.carrier} {result.service} {result.tracking_code} "
+            f"({result.amount} {result.currency})",
         )
     return True
 
 
 class ShipmentVerdict:
-    SHIPPED = "shipped"  # the carrier holds a shipment: the order goes on to confirming
+    SHIPPED = "shipped"  # the carrier holds a label: the order goes on to confirming
     FAILED = "failed"  # the carrier holds none: the order failed
     UNKNOWN = "unknown"  # the carrier could not be asked: the order stays shipping
+
+
+def _bought_at_carrier(order_id: OrderId) -> CarrierShipment | None:
+    """The carrier's ledger: a bought label for the order, by the recorded shipment or by
+    the order's reference. Raises ProviderError when the carrier cannot be asked."""
+    order = Order.objects.get(pk=order_id)
+    row = Shipment.objects.filter(order=order).first()
+    carrier = get_carrier()
+    if row is not None and row.carrier_reference:
+        recorded = carrier.retrieve(shipment_id=row.carrier_reference)
+        if recorded.purchased:
+            return recorded
+    if row is None:
+        return None  # no create was ever sent
+    found = carrier.find_shipments(order_id=str(order_id), since=order.created_at)
+    return next((s for s in found if s.purchased), None)
 
 
 def shipment_fail(
@@ -468,16 +548,16 @@ def shipment_fail(
     resume: bool = True,
     actor: Actor = SYSTEM,
 ) -> str:
-    """Fail a shipping order, unless the carrier's ledger says the shipment exists.
+    """Fail a shipping order, unless the carrier's ledger says its label was bought.
 
-    A create whose answer was lost (a timeout after the carrier acted) may have made a
-    shipment: the goods would leave while the money goes back. So before a shipping order is
-    failed, for any reason, the carrier is asked. A shipment found is recorded and the order
+    A create or buy whose answer was lost (a timeout after the carrier acted) may have made
+    a label: the goods would leave while the money goes back. So before a shipping order is
+    failed, for any reason, the carrier is asked. A label found is recorded and the order
     goes on to its confirmation (sent now if `resume`, i.e. when no chain follows the
     caller); none found fails the order; no answer leaves it in `shipping` for the recovery
     sweep, which asks again. Returns a ShipmentVerdict."""
     try:
-        found = get_carrier().list_shipments(order_id=str(order_id))
+        bought = _bought_at_carrier(order_id)
     except ProviderError as exc:
         order = Order.objects.get(pk=order_id)
         event_record(
@@ -491,15 +571,14 @@ def shipment_fail(
             "stays in shipping until it can",
         )
         return ShipmentVerdict.UNKNOWN
-    if found:
-        shipment = found[0]
+    if bought is not None:
         recorded = _shipment_record(
             order_id=order_id,
-            result=shipment,
+            result=bought,
             attempt=attempt,
             reason_code="shipment_found",
-            detail=f"the carrier's ledger holds {shipment.carrier} {shipment.tracking_number} "
-            f"(the create's answer was lost: {reason})",
+            detail=f"the carrier's ledger holds {bought.carrier} {bought.tracking_code} "
+            f"(the answer was lost: {reason})",
         )
         if recorded and resume:
             dispatch.workflow_resume(order=Order.objects.get(pk=order_id))
@@ -565,7 +644,7 @@ def confirmation_give_up(*, order_id: OrderId, attempt: int, reason: str) -> Non
 
 def email_deadline_passed(*, order: Order) -> bool:
     shipped_at = (
-        Shipment.objects.filter(order=order).values_list("created_at", flat=True).first()
+        Shipment.objects.filter(order=order).values_list("purchased_at", flat=True).first()
         or order.updated_at
     )
     waited = (timezone.now() - shipped_at).total_seconds()

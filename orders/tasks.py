@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from integrations.errors import TransientError
 
-from . import dispatch, idempotency, payment_events, recovery, services, steps
+from . import carrier_events, dispatch, idempotency, payment_events, recovery, services, steps
 from .errors import StepNotReady
 from .locks import StepBusy, UniqueStepTask
 from .models import Order, OrderId, Outcome, Step
@@ -289,3 +289,17 @@ def purge_idempotency_keys() -> int:
 def process_provider_event(*, event_pk: int) -> str:
     # Retries used up: the event stays unprocessed and the recovery sweep sends it again.
     return payment_events.stripe_event_process(event_pk=event_pk)
+
+
+@shared_task(
+    name=TaskName.PROCESS_CARRIER_EVENT,
+    ignore_result=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=settings.TASK_RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    max_retries=settings.TASK_MAX_RETRIES,
+)
+def process_carrier_event(*, event_pk: int) -> str:
+    # Retries used up (the mail server down for the "shipped" email): the sweep sends it again.
+    return carrier_events.easypost_event_process(event_pk=event_pk)

@@ -31,6 +31,7 @@ class TaskName:
     RELAY_DISPATCHES = "orders.relay_dispatches"
     PURGE_IDEMPOTENCY_KEYS = "orders.purge_idempotency_keys"
     PROCESS_PROVIDER_EVENT = "orders.process_provider_event"
+    PROCESS_CARRIER_EVENT = "orders.process_carrier_event"
 
 
 def _step(name: str, *, immutable: bool = True, **kwargs: object) -> Signature:
@@ -64,9 +65,10 @@ def build(
     raise ValueError(f"no workflow from status {from_status!r}")
 
 
-def provider_event(*, event_pk: int) -> Signature:
-    """Process a recorded webhook event (orders/payment_events.py)."""
-    return _step(TaskName.PROCESS_PROVIDER_EVENT, event_pk=event_pk)
+def provider_event(*, event_pk: int, carrier: bool = False) -> Signature:
+    """Process a recorded webhook event (orders/payment_events.py, orders/carrier_events.py)."""
+    name = TaskName.PROCESS_CARRIER_EVENT if carrier else TaskName.PROCESS_PROVIDER_EVENT
+    return _step(name, event_pk=event_pk)
 
 
 def compensation(*, order_id: OrderId) -> Signature:

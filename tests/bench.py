@@ -191,6 +191,7 @@ def _one(args) -> None:
         "CELERY_BROKER_URL": BENCH_RABBITMQ if args.broker == "rabbitmq" else BENCH_REDIS,
         "SANDBOX_URL": f"http://127.0.0.1:{port}/sandbox/",
         "STRIPE_API_BASE": f"http://127.0.0.1:{port}/sandbox/stripe",
+        "EASYPOST_API_BASE": f"http://127.0.0.1:{port}/sandbox/easypost/v2",
         "CELERY_DB_REUSE_MAX": str(args.reuse_max),
         "LOG_LEVEL": "WARNING",
     }
@@ -535,7 +536,14 @@ def _seed() -> None:
 
     for sku in ("BENCH-A", "BENCH-B"):
         Product.objects.update_or_create(
-            sku=sku, defaults={"name": sku, "price": "5.00", "stock": 10**9, "is_active": True}
+            sku=sku,
+            defaults={
+                "name": sku,
+                "price": "5.00",
+                "stock": 10**9,
+                "weight_grams": 300,
+                "is_active": True,
+            },
         )
 
 

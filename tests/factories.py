@@ -33,6 +33,7 @@ class ProductFactory(factory.django.DjangoModelFactory):
     price = Decimal("10.00")
     currency = "EUR"
     stock = 100
+    weight_grams = 500
 
 
 def order_payload(

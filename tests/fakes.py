@@ -21,13 +21,13 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import ClassVar
 
 from integrations.errors import PermanentError, TransientError
 from integrations.payments import ChargeResult, ChargeStatus, GatewayCharge, RefundResult
-from integrations.shipping import ShipmentResult
+from integrations.shipping import CarrierRate, CarrierShipment
 
 _ids = itertools.count(1)
 
@@ -185,9 +185,18 @@ class FakeGateway(_Scripted):
         return [c for c in cls.charges.values() if c.order_id == str(order_id)]
 
 
+class SandboxOnlyCarrier:
+    """An adapter that marks itself as the sandbox's: production refuses it (orders.E002)."""
+
+    is_sandbox = True
+
+
 class FakeCarrier(_Scripted):
+    """A carrier as EasyPost is: no idempotency keys; a shipment is created, then its label
+    bought (once: a second buy is refused). The script words apply to creates and buys."""
+
     _book = _Book()
-    shipments: ClassVar[dict[str, tuple[str, ShipmentResult]]] = {}  # key -> (order, result)
+    shipments: ClassVar[dict[str, CarrierShipment]] = {}  # by shipment id
 
     @classmethod
     def reset(cls) -> None:
@@ -195,34 +204,66 @@ class FakeCarrier(_Scripted):
         cls.shipments.clear()
 
     def create_shipment(
-        self, *, order_id: str, address: dict, idempotency_key: str
-    ) -> ShipmentResult:
+        self, *, order_id: str, address: dict[str, str], parcel_grams: int
+    ) -> CarrierShipment:
         self._check_reachable("create_shipment")
         word = self._next("create_shipment")
         if word == "timeout":
             raise TransientError("create_shipment: timed out (fake)")
         if word == "reject":
             raise PermanentError(
-                "create_shipment: address rejected (fake)", code="address_rejected"
+                "create_shipment: address rejected (fake)", code="ADDRESS.VERIFY.FAILURE"
             )
-        if idempotency_key not in self.shipments:
-            number = next(_ids)
-            self.shipments[idempotency_key] = (
-                order_id,
-                ShipmentResult(
-                    carrier="fake-post",
-                    tracking_number=f"FK{number:08d}",
-                    reference=f"shp_{number}",
-                ),
-            )
+        number = next(_ids)
+        shipment = self.shipments[f"shp_{number}"] = CarrierShipment(
+            shipment_id=f"shp_{number}",
+            reference=order_id,
+            purchased=False,
+            rates=(
+                CarrierRate(f"rate_{number}a", "FakePost", "Ground", Decimal("5.00"), "USD"),
+                CarrierRate(f"rate_{number}b", "FakePost", "Express", Decimal("9.00"), "USD"),
+            ),
+        )
         if word == "timeout_after_success":
             raise TransientError("create_shipment: timed out after the carrier acted (fake)")
-        return self.shipments[idempotency_key][1]
+        return shipment
 
-    def list_shipments(self, *, order_id: str) -> list[ShipmentResult]:
-        self._check_reachable("list_shipments")
-        return [result for order, result in self.shipments.values() if order == order_id]
+    def retrieve(self, *, shipment_id: str) -> CarrierShipment:
+        self._check_reachable("retrieve")
+        self._book.calls.append("retrieve")
+        return self.shipments[shipment_id]
+
+    def find_shipments(self, *, order_id: str, since: object) -> list[CarrierShipment]:
+        self._check_reachable("find_shipments")
+        self._book.calls.append("find_shipments")
+        return [s for s in self.shipments.values() if s.reference == order_id]
+
+    def buy(self, *, shipment: CarrierShipment) -> CarrierShipment:
+        self._check_reachable("buy")
+        word = self._next("buy")
+        if word == "timeout":
+            raise TransientError("buy: timed out (fake)")
+        current = self.shipments[shipment.shipment_id]
+        if current.purchased:
+            raise PermanentError("buy: postage exists (fake)", code="SHIPMENT.POSTAGE.EXISTS")
+        rate = min(current.rates, key=lambda r: r.amount)
+        number = next(_ids)
+        bought = self.shipments[shipment.shipment_id] = replace(
+            current,
+            purchased=True,
+            carrier=rate.carrier,
+            service=rate.service,
+            amount=rate.amount,
+            currency=rate.currency,
+            tracking_code=f"FK{number:08d}",
+            label_url=f"https://labels.invalid/{shipment.shipment_id}.png",
+            tracker_id=f"trk_{number}",
+        )
+        if word == "timeout_after_success":
+            raise TransientError("buy: timed out after the carrier bought the label (fake)")
+        return bought
 
     @classmethod
-    def ledger(cls, order_id: object) -> list[ShipmentResult]:
-        return [result for order, result in cls.shipments.values() if order == str(order_id)]
+    def ledger(cls, order_id: object) -> list[CarrierShipment]:
+        """The order's bought labels."""
+        return [s for s in cls.shipments.values() if s.reference == str(order_id) and s.purchased]

@@ -63,6 +63,8 @@ _OWN_PREFIXES = (
     "IDEMPOTENCY_",
     "SENTRY_",
     "STRIPE_",
+    "EASYPOST_",
+    "SHIPPING_",
 )
 _OWN_NAMES = {
     "PROMETHEUS_MULTIPROC_DIR",
@@ -361,6 +363,7 @@ class Stack:
                 "CELERY_BROKER_URL": self.broker_url,
                 "SANDBOX_URL": f"{self.web_url}/sandbox/",
                 "STRIPE_API_BASE": f"{self.web_url}/sandbox/stripe",
+                "EASYPOST_API_BASE": f"{self.web_url}/sandbox/easypost/v2",
                 "EMAIL_HOST": HOST,
                 "EMAIL_PORT": str(self.smtp.port),
                 "PYTHONUNBUFFERED": "1",

@@ -71,7 +71,9 @@ from decimal import Decimal
 from rest_framework.authtoken.models import Token
 from django.contrib.auth.models import User
 from orders.models import Product
-Product.objects.create(sku="MUG-001", name="Mug", price=Decimal("12.50"), stock=1000)
+Product.objects.create(
+    sku="MUG-001", name="Mug", price=Decimal("12.50"), stock=1000, weight_grams=350
+)
 user = User.objects.create_user("buyer", "buyer@example.com", "pw-123456789")
 print(Token.objects.create(user=user).key)
 """

@@ -217,3 +217,48 @@ def test_a_step_in_flight_when_the_broker_goes_down_does_not_fail_the_order(stac
     assert not order.failure_reason
     assert len(carrier_ledger(stack.web_url, order.id)) == 1
     assert_charged_once(stack, order)
+
+
+@pytest.mark.brokers
+@pytest.mark.parametrize("moment", ["create", "buy"])
+def test_a_pool_process_killed_while_the_label_is_made_buys_one_label(stack_factory, moment):
+    """The carrier (slow: 2.5 s a call) keeps working after the pool process asking it is
+    killed: killed during the create, the shipment exists with its answer lost; killed
+    during the buy, the label is bought with its answer lost. EasyPost has no idempotency
+    keys. Expected: the redelivered step finds the shipment (by the order's reference, or by
+    the id recorded before the buy) and the label (retrieved, not bought again): one
+    shipment and one label at the carrier, the order completed."""
+    from orders.models import Shipment
+    from tests.helpers import carrier_shipments
+
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    stack = stack_factory(env=SLOW_GATEWAY, workers=1, concurrency=2)
+    [worker] = stack.workers
+    order_id = place_as_new_customer(stack.web_url, order_payload(("MUG-001", 1)))
+
+    def shipping_pid():
+        for task in stack.active_tasks(worker):
+            if (
+                task["name"] == "orders.create_shipment"
+                and task["kwargs"].get("order_id") == order_id
+            ):
+                return task["worker_pid"]
+        return None
+
+    pid = wait_for(shipping_pid, timeout=60, interval=0.2, what="create_shipment to run")
+    started = Shipment.objects.filter(order_id=order_id)
+    if moment == "buy":  # the shipment's id is recorded right before the buy is sent
+        started = started.exclude(carrier_reference="")
+    wait_for(started.exists, timeout=10, interval=0.05, what=f"the {moment} to be sent")
+    time.sleep(0.5)  # well inside the carrier's 2.5 s
+    os.kill(pid, signal.SIGKILL)
+
+    [order] = wait_for_orders([order_id], timeout=120)
+
+    assert order.status == "completed", timeline(order)
+    at_carrier = [s for s in carrier_shipments(stack.web_url) if s["reference"] == order_id]
+    assert len(at_carrier) == 1, at_carrier  # not created again
+    [label] = carrier_ledger(stack.web_url, order_id)  # not bought twice
+    assert order.shipment.tracking_number == label["tracking_number"]
+    assert "signal 9" in worker.log()
+    assert_charged_once(stack, order)

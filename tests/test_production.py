@@ -85,7 +85,7 @@ def test_production_refuses_to_start_without_its_other_required_settings(name):
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("SHIPPING_CARRIER", "integrations.shipping.SandboxCarrier"),
+        ("SHIPPING_CARRIER", "tests.fakes.SandboxOnlyCarrier"),
         ("PAYMENT_GATEWAY", "payments.does.not.Exist"),
     ],
 )
@@ -123,6 +123,38 @@ def test_production_refuses_stripe_without_tls_a_key_or_the_webhook_secret(name,
     assert "orders.E002" in result.stderr and says in result.stderr
 
 
+EASYPOST_PRODUCTION = {
+    "SHIPPING_CARRIER": None,  # the default: EasyPost
+    "EASYPOST_API_KEY": "EZAK" + "x" * 24,
+    "EASYPOST_WEBHOOK_SECRET": "y" * 24,
+    "SHIPPING_FROM_ADDRESS": '{"name": "Shop", "street1": "1 Way", "city": "Berlin", '
+    '"zip": "10115", "country": "DE"}',
+}
+
+
+def test_production_ships_through_easypost_by_default_and_checks_it_quietly():
+    result = run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"], **EASYPOST_PRODUCTION
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("EASYPOST_API_BASE", "http://127.0.0.1:8000/sandbox/easypost/v2", "is not https"),
+        ("EASYPOST_API_KEY", None, "EASYPOST_API_KEY is not set"),
+        ("EASYPOST_WEBHOOK_SECRET", None, "EASYPOST_WEBHOOK_SECRET is not set"),
+        ("SHIPPING_FROM_ADDRESS", '{"name": "Shop"}', "SHIPPING_FROM_ADDRESS lacks city"),
+    ],
+)
+def test_production_refuses_easypost_without_tls_a_key_a_secret_or_a_sender(name, value, says):
+    result = run(["manage.py", "check"], **{**EASYPOST_PRODUCTION, name: value})
+
+    assert result.returncode != 0
+    assert "orders.E002" in result.stderr and says in result.stderr
+
+
 def test_a_test_mode_stripe_key_in_production_is_a_warning_not_an_error():
     test_key = {**STRIPE_PRODUCTION, "STRIPE_API_KEY": "sk_test_" + "x" * 24}
     assert run(["manage.py", "check"], **test_key).returncode == 0
@@ -133,7 +165,7 @@ def test_a_test_mode_stripe_key_in_production_is_a_warning_not_an_error():
 def test_a_production_worker_refuses_to_start_on_the_sandbox():
     result = run(
         ["-m", "celery", "-A", "config", "worker", "--pool", "solo"],
-        SHIPPING_CARRIER="integrations.shipping.SandboxCarrier",
+        SHIPPING_CARRIER="tests.fakes.SandboxOnlyCarrier",
     )
 
     assert result.returncode != 0

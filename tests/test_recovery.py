@@ -4,11 +4,11 @@ orders past their deadline are failed and compensated."""
 from datetime import timedelta
 
 import pytest
-import requests
 from django.utils import timezone
 
+from integrations.shipping import EasyPostCarrier
 from orders import recovery, services, tasks
-from orders.models import LineReservation, Order, OrderEvent, OrderStatus, Product
+from orders.models import LineReservation, Order, OrderEvent, OrderStatus, Product, Shipment
 from tests.factories import ProductFactory, UserFactory
 from tests.helpers import wait_for_order
 
@@ -146,19 +146,21 @@ def test_a_shipping_order_past_its_deadline_whose_shipment_exists_completes(
     asks the carrier's ledger, records the shipment and completes the order, never fails it."""
     order = lost_order(status=OrderStatus.SHIPPING)
     order.lines.update(reservation=LineReservation.RESERVED)
-    created = requests.post(
-        f"{sandbox.url}/sandbox/shipping/shipments/",
-        json={"order": str(order.id), **order.shipping_address},
-        headers={"Idempotency-Key": f"order-{order.id}-shipment"},
-        timeout=10,
-    ).json()
+    # What the step had done before its answer was lost: its row, the carrier's label.
+    Shipment.objects.create(order=order)
+    carrier = EasyPostCarrier()
+    created = carrier.buy(
+        shipment=carrier.create_shipment(
+            order_id=str(order.id), address=order.shipping_address, parcel_grams=500
+        )
+    )
     _past_deadline(order, settings)
 
     assert recovery.sweep() == {"resumed": 0, "expired": 0, "events": 0}
 
     order = wait_for_order(order.id)
     assert order.status == "completed"
-    assert order.shipment.tracking_number == created["tracking_number"]
+    assert order.shipment.tracking_number == created.tracking_code
     assert order.events.filter(reason_code="shipment_found").exists()
     assert not order.events.filter(outcome="failed").exists()
 
@@ -177,8 +179,9 @@ def test_a_shipping_order_past_its_deadline_without_a_shipment_fails(lost_order,
 def test_a_shipping_order_is_not_failed_while_the_carrier_cannot_be_asked(lost_order, settings):
     """Nobody answers at the carrier's address: the outcome of an earlier create is unknown,
     so the order stays in shipping for a later sweep."""
-    settings.SANDBOX_URL = "http://127.0.0.1:9/sandbox/"  # the discard port: refused
+    settings.EASYPOST_API_BASE = "http://127.0.0.1:9/v2"  # the discard port: refused
     order = lost_order(status=OrderStatus.SHIPPING)
+    Shipment.objects.create(order=order)  # a create was sent; its answer is unknown
     _past_deadline(order, settings)
 
     assert recovery.sweep() == {"resumed": 0, "expired": 0, "events": 0}

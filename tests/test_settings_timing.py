@@ -80,10 +80,10 @@ def test_without_the_sandbox_every_provider_must_be_real(settings):
         settings.EMAIL_BACKEND = f"django.core.mail.backends.{backend}.EmailBackend"
         assert any("delivers no email" in e for e in provider_errors())
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.SHIPPING_CARRIER = "integrations.shipping.SandboxCarrier"
+    settings.SHIPPING_CARRIER = "tests.fakes.SandboxOnlyCarrier"
     assert provider_errors() == [
         (
-            "SHIPPING_CARRIER=integrations.shipping.SandboxCarrier is a sandbox adapter, "
+            "SHIPPING_CARRIER=tests.fakes.SandboxOnlyCarrier is a sandbox adapter, "
             "and the sandbox is off here"
         )
     ]

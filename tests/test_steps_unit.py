@@ -215,7 +215,7 @@ def test_a_shipment_run_again_ships_once(shipping, failure):
 def test_giving_up_after_a_lost_answer_finds_the_shipment_in_the_ledger(
     shipping, django_capture_on_commit_callbacks
 ):
-    FakeCarrier.script("timeout_after_success")
+    FakeCarrier.script("ok", "timeout_after_success")  # created, then bought: answer lost
     with pytest.raises(TransientError):
         steps.create_shipment(order_id=shipping.id, attempt=1)
 
@@ -250,6 +250,7 @@ def test_a_rejected_shipment_with_an_empty_ledger_fails_and_refunds(shipping):
 
 
 def test_a_shipping_order_is_not_failed_while_the_carrier_cannot_be_asked(shipping):
+    Shipment.objects.create(order=shipping)  # a create was sent; its answer is unknown
     FakeCarrier.script("unreachable")
 
     verdict = steps.shipment_fail(order_id=shipping.id, reason="deadline", reason_code="deadline")

@@ -184,7 +184,7 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="orders@example.com")
 # --- Providers -------------------------------------------------------------------------
 # Each kind of provider has one adapter interface (integrations/); these pick the class.
 PAYMENT_GATEWAY = env("PAYMENT_GATEWAY", default="integrations.payments.StripeGateway")
-SHIPPING_CARRIER = env("SHIPPING_CARRIER", default="integrations.shipping.SandboxCarrier")
+SHIPPING_CARRIER = env("SHIPPING_CARRIER", default="integrations.shipping.EasyPostCarrier")
 SANDBOX_ENABLED = False  # the /sandbox/ providers; local and test switch them on
 SANDBOX_URL = env("SANDBOX_URL", default="http://127.0.0.1:8000/sandbox/")
 SANDBOX_FAILURE_RATE = env.float("SANDBOX_FAILURE_RATE", default=0.0)
@@ -210,6 +210,25 @@ STRIPE_SANDBOX_WEBHOOK_DUPLICATE_RATE = env.float(
     "STRIPE_SANDBOX_WEBHOOK_DUPLICATE_RATE", default=0.1
 )
 STRIPE_SANDBOX_SEARCH_LAG_SECONDS = env.float("STRIPE_SANDBOX_SEARCH_LAG_SECONDS", default=1.0)
+
+# EasyPost (integrations.shipping.EasyPostCarrier). Local and test settings point the base at
+# the sandbox's EasyPost (/sandbox/easypost/v2); production requires an https base, a key,
+# the webhook secret and the sender's address (orders.E002).
+EASYPOST_API_KEY = env("EASYPOST_API_KEY", default="")
+EASYPOST_API_BASE = env("EASYPOST_API_BASE", default="https://api.easypost.com/v2")
+# Signs EasyPost's events to POST /api/webhooks/easypost/ (X-Hmac-Signature).
+EASYPOST_WEBHOOK_SECRET = env("EASYPOST_WEBHOOK_SECRET", default="")
+# The shop's sender address, as EasyPost takes it: {"name", "street1", "city", "zip",
+# "country"} (JSON in the environment).
+SHIPPING_FROM_ADDRESS: dict[str, str] = env.json("SHIPPING_FROM_ADDRESS", default={})
+# The service to buy (`Priority`, or `USPS:Priority`); empty: the lowest rate.
+SHIPPING_SERVICE = env("SHIPPING_SERVICE", default="")
+# The sandbox's EasyPost moves each tracker on one status every this many seconds and sends
+# each change to EASYPOST_SANDBOX_WEBHOOK_URL (empty: this app's /api/webhooks/easypost/).
+EASYPOST_SANDBOX_TRACKING_STEP_SECONDS = env.float(
+    "EASYPOST_SANDBOX_TRACKING_STEP_SECONDS", default=5.0
+)
+EASYPOST_SANDBOX_WEBHOOK_URL = env("EASYPOST_SANDBOX_WEBHOOK_URL", default="")
 
 # --- Timing: these numbers must stay in this order (orders/checks.py enforces it) ----------
 #   PROVIDER_TIMEOUT_SECONDS < CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT
@@ -323,6 +342,8 @@ CELERY_TASK_ROUTES = {
     "orders.compensate_order": {"queue": "orders.payments"},
     # Webhook events from the payment gateway: beside the charges they may move on.
     "orders.process_provider_event": {"queue": "orders.payments"},
+    # The carrier's tracking events: beside the shipments.
+    "orders.process_carrier_event": {"queue": "orders.shipping"},
     "orders.create_shipment": {"queue": "orders.shipping"},
     "orders.send_confirmation_email": {"queue": "orders.email"},
     "orders.sweep_stalled_orders": {"queue": "orders.maintenance"},

@@ -10,6 +10,20 @@ SANDBOX_ENABLED = True
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="http://127.0.0.1:8000/sandbox/stripe")
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="sk_test_sandbox_local")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="whsec_sandbox_local")
+# The sandbox's EasyPost, on the same server.
+EASYPOST_API_BASE = env("EASYPOST_API_BASE", default="http://127.0.0.1:8000/sandbox/easypost/v2")
+EASYPOST_API_KEY = env("EASYPOST_API_KEY", default="EZTK_sandbox")
+EASYPOST_WEBHOOK_SECRET = env("EASYPOST_WEBHOOK_SECRET", default="easypost_sandbox_secret")
+SHIPPING_FROM_ADDRESS = env.json(
+    "SHIPPING_FROM_ADDRESS",
+    default={
+        "name": "Order Pipeline Shop",
+        "street1": "1 Warehouse Way",
+        "city": "Berlin",
+        "zip": "10115",
+        "country": "DE",
+    },
+)
 INSTALLED_APPS = [*INSTALLED_APPS, "integrations.sandbox"]
 REST_FRAMEWORK = {
     **REST_FRAMEWORK,

@@ -22,7 +22,7 @@ METRICS_REQUIRE_TOKEN = True  # and METRICS_TOKEN from the environment: no outsi
 # refuses sandbox adapters, a Stripe base that is not https or lacks its key and webhook
 # secret, and mail backends that deliver nothing).
 PAYMENT_GATEWAY = env("PAYMENT_GATEWAY", default="integrations.payments.StripeGateway")
-SHIPPING_CARRIER = env("SHIPPING_CARRIER")
+SHIPPING_CARRIER = env("SHIPPING_CARRIER", default="integrations.shipping.EasyPostCarrier")
 SANDBOX_URL = ""
 EMAIL_HOST = env("EMAIL_HOST")
 EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"

@@ -41,6 +41,24 @@ SANDBOX_ENABLED = True
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="http://127.0.0.1:8000/sandbox/stripe")
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="sk_test_sandbox")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="whsec_sandbox_test")
+EASYPOST_API_BASE = env("EASYPOST_API_BASE", default="http://127.0.0.1:8000/sandbox/easypost/v2")
+EASYPOST_API_KEY = env("EASYPOST_API_KEY", default="EZTK_sandbox")
+EASYPOST_WEBHOOK_SECRET = env("EASYPOST_WEBHOOK_SECRET", default="easypost_sandbox_secret")
+SHIPPING_FROM_ADDRESS = env.json(
+    "SHIPPING_FROM_ADDRESS",
+    default={
+        "name": "Order Pipeline Shop",
+        "street1": "1 Warehouse Way",
+        "city": "Berlin",
+        "zip": "10115",
+        "country": "DE",
+    },
+)
+# Parcels stand still unless a test moves them (fast_tracking): a "shipped" email arriving
+# in the middle of another test's count of emails would be noise.
+EASYPOST_SANDBOX_TRACKING_STEP_SECONDS = env.float(
+    "EASYPOST_SANDBOX_TRACKING_STEP_SECONDS", default=3600.0
+)
 # A failed delivery is tried again within seconds, so a test sees it through.
 STRIPE_SANDBOX_WEBHOOK_MAX_WAIT_SECONDS = env.float(
     "STRIPE_SANDBOX_WEBHOOK_MAX_WAIT_SECONDS", default=2.0

@@ -1,6 +1,13 @@
 from django.contrib import admin
 
-from .models import SandboxPaymentIntent, SandboxShipment, SandboxStripeEvent, SandboxStripeRefund
+from .models import (
+    SandboxEasyPostEvent,
+    SandboxEasyPostShipment,
+    SandboxEasyPostTracker,
+    SandboxPaymentIntent,
+    SandboxStripeEvent,
+    SandboxStripeRefund,
+)
 
 
 @admin.register(SandboxPaymentIntent)
@@ -21,7 +28,20 @@ class SandboxStripeEventAdmin(admin.ModelAdmin):
     list_filter = ("type",)
 
 
-@admin.register(SandboxShipment)
-class SandboxShipmentAdmin(admin.ModelAdmin):
-    list_display = ("id", "order", "tracking_number", "created_at")
-    search_fields = ("id", "order", "tracking_number")
+@admin.register(SandboxEasyPostShipment)
+class SandboxEasyPostShipmentAdmin(admin.ModelAdmin):
+    list_display = ("id", "reference", "tracking_code", "created_at")
+    search_fields = ("id", "reference", "tracking_code")
+
+
+@admin.register(SandboxEasyPostTracker)
+class SandboxEasyPostTrackerAdmin(admin.ModelAdmin):
+    list_display = ("id", "tracking_code", "carrier", "status", "updated_at")
+    list_filter = ("status",)
+    search_fields = ("id", "tracking_code", "shipment__id")
+
+
+@admin.register(SandboxEasyPostEvent)
+class SandboxEasyPostEventAdmin(admin.ModelAdmin):
+    list_display = ("id", "description", "tracker", "attempts", "delivered_at", "created_at")
+    list_select_related = ("tracker",)

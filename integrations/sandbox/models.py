@@ -96,24 +96,6 @@ class SandboxStripeEvent(models.Model):
         return f"{self.id} {self.type}"
 
 
-class SandboxShipment(models.Model):
-    id = models.CharField(primary_key=True, max_length=40, editable=False)
-    order = models.CharField(max_length=64, db_index=True)
-    idempotency_key = models.CharField(max_length=255, unique=True)
-    tracking_number = models.CharField(max_length=40)
-    address = models.JSONField()
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    def __str__(self) -> str:
-        return f"{self.id} {self.tracking_number}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self.id:
-            self.id = _new_id("shp")
-            self.tracking_number = "SBX" + uuid.uuid4().hex[:12].upper()
-        super().save(*args, **kwargs)
-
-
 class SandboxCallCount(models.Model):
     """How often a scripted token was called with one idempotency key (tok_flaky)."""
 
@@ -122,3 +104,82 @@ class SandboxCallCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.count}"
+
+
+# --- The sandbox's EasyPost (integrations/sandbox/easypost.py) ------------------------------
+def hex_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"  # EasyPost's ids: a prefix and 32 hex digits
+
+
+class SandboxEasyPostShipment(models.Model):
+    """A Shipment of the sandbox's EasyPost. The nested objects it was created with (its
+    addresses, parcel, rates) are kept as their wire format: they never change."""
+
+    id = models.CharField(primary_key=True, max_length=40, editable=False)
+    reference = models.CharField(max_length=255, blank=True, db_index=True)
+    to_address = models.JSONField()
+    from_address = models.JSONField()
+    parcel = models.JSONField()
+    rates = models.JSONField(default=list)
+    selected_rate = models.JSONField(null=True, blank=True)
+    postage_label = models.JSONField(null=True, blank=True)
+    tracking_code = models.CharField(max_length=40, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        # The list's order and its `before_id` cursor: newest first, ties broken by id.
+        indexes = [models.Index(fields=["-created_at", "-id"], name="sandbox_ep_shp_newest")]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.reference} {self.tracking_code or 'unbought'}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.id:
+            self.id = hex_id("shp")
+        super().save(*args, **kwargs)
+
+
+class SandboxEasyPostTracker(models.Model):
+    """The Tracker of a bought shipment; `route` is what its status is still to become."""
+
+    id = models.CharField(primary_key=True, max_length=40, editable=False)
+    shipment = models.OneToOneField(
+        SandboxEasyPostShipment, on_delete=models.CASCADE, related_name="tracker"
+    )
+    tracking_code = models.CharField(max_length=40, unique=True)
+    carrier = models.CharField(max_length=40)
+    status = models.CharField(max_length=32)
+    route = models.JSONField(default=list)
+    tracking_details = models.JSONField(default=list)
+    webhook_url = models.CharField(max_length=500)  # the buy request's own, if none is set
+    public_url = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.tracking_code} {self.status}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.id:
+            self.id = hex_id("trk")
+        super().save(*args, **kwargs)
+
+
+class SandboxEasyPostEvent(models.Model):
+    """An event the sandbox's EasyPost sent (or tries to send) to the webhook endpoint."""
+
+    id = models.CharField(primary_key=True, max_length=40, editable=False)
+    tracker = models.ForeignKey(
+        SandboxEasyPostTracker, on_delete=models.CASCADE, related_name="events"
+    )
+    description = models.CharField(max_length=64)
+    body = models.JSONField()
+    url = models.CharField(max_length=500)
+    attempts = models.PositiveIntegerField(default=0)  # 0 when the first attempt delivered it
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.description}"

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import stripe, views
+from . import easypost, stripe
 
 app_name = "sandbox"
 urlpatterns = [
@@ -19,5 +19,12 @@ urlpatterns = [
     # What Stripe.js and the card holder's bank do.
     path("stripe/test/payment_intents/<str:intent_id>/authenticate", stripe.authenticate),
     path("stripe/test/payment_intents/<str:intent_id>/dispute", stripe.dispute),
-    path("shipping/shipments/", views.shipments, name="shipments"),
+    # EasyPost's API, under the base URL the adapter is given (EASYPOST_API_BASE).
+    path("easypost/v2/shipments", easypost.shipments, name="easypost-shipments"),
+    path("easypost/v2/shipments/<str:shipment_id>", easypost.shipment),
+    path("easypost/v2/shipments/<str:shipment_id>/buy", easypost.shipment_buy),
+    path("easypost/v2/trackers/<str:tracker_id>", easypost.tracker),
+    # What EasyPost serves outside its API: the label and the public tracking page.
+    path("easypost/labels/<str:shipment_id>.png", easypost.label, name="easypost-label"),
+    path("easypost/track/<str:tracker_id>", easypost.tracking_page, name="easypost-tracking"),
 ]

@@ -3,7 +3,16 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import Order, OrderEvent, OrderLine, Payment, PaymentStatus, Product, Shipment
+from ..models import (
+    LabelStatus,
+    Order,
+    OrderEvent,
+    OrderLine,
+    Payment,
+    PaymentStatus,
+    Product,
+    Shipment,
+)
 
 MAX_LINES = 100
 MAX_QUANTITY = 1000
@@ -143,14 +152,30 @@ class PaymentOutputSerializer(serializers.ModelSerializer):
 
 
 class ShipmentOutputSerializer(serializers.ModelSerializer):
+    status = serializers.CharField(
+        source="tracking_status",
+        help_text="Where the parcel is: `pre_transit`, `in_transit`, `out_for_delivery`, "
+        "`delivered`, `return_to_sender`, `failure`; empty until the carrier says.",
+    )
+
     class Meta:
         model = Shipment
-        fields = ["carrier", "tracking_number"]
+        fields = [
+            "carrier",
+            "service",
+            "rate",
+            "rate_currency",
+            "tracking_number",
+            "tracking_url",
+            "label_url",
+            "status",
+        ]
 
 
 class EventOutputSerializer(serializers.ModelSerializer):
     actor = serializers.CharField(
-        source="actor_kind", help_text="Who acted: `customer`, `staff`, `system` or `stripe`."
+        source="actor_kind",
+        help_text="Who acted: `customer`, `staff`, `system`, `stripe` or `easypost`.",
     )
     reason_code = serializers.CharField(
         help_text="A stable code for why (e.g. `out_of_stock`, `payment_declined`, `deadline`); "
@@ -219,4 +244,6 @@ class OrderOutputSerializer(serializers.ModelSerializer):
     @extend_schema_field(ShipmentOutputSerializer(allow_null=True))
     def get_shipment(self, order: Order) -> dict | None:
         shipment = getattr(order, "shipment", None)
-        return ShipmentOutputSerializer(shipment).data if shipment else None
+        if shipment is None or shipment.label_status != LabelStatus.PURCHASED:
+            return None  # being made: shown once its label is bought
+        return ShipmentOutputSerializer(shipment).data

@@ -11,4 +11,5 @@ urlpatterns = [
     path("orders/<uuid:order_id>/", views.OrderDetailView.as_view(), name="order-detail"),
     path("orders/<uuid:order_id>/cancel/", views.OrderCancelView.as_view(), name="order-cancel"),
     path("webhooks/stripe/", views.StripeWebhookView.as_view(), name="webhook-stripe"),
+    path("webhooks/easypost/", views.EasyPostWebhookView.as_view(), name="webhook-easypost"),
 ]

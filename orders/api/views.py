@@ -24,7 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import idempotency, payment_events, selectors
+from .. import carrier_events, idempotency, payment_events, selectors
 from ..errors import ApplicationError
 from ..services import order_cancel, order_create
 from ..state import Actor
@@ -372,5 +372,37 @@ class StripeWebhookView(APIView):
     def post(self, request: Request) -> Response:
         _, created = payment_events.stripe_event_receive(
             payload=request.body, signature=request.headers.get("Stripe-Signature")
+        )
+        return Response({"received": True, "duplicate": not created})
+
+
+class EasyPostWebhookView(APIView):
+    """EasyPost's tracking events. Verifies, records and queues; a task does the work."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="webhooks_easypost",
+        description="EasyPost's webhook endpoint: add a webhook in EasyPost's dashboard with "
+        "this URL and a secret, and set the secret as EASYPOST_WEBHOOK_SECRET. The "
+        "`X-Hmac-Signature` header is verified (a bad or missing one is a 400 and changes "
+        "nothing); each event is processed once, by its id.",
+        request=None,  # EasyPost's event, read raw: the signature covers the exact bytes
+        responses={
+            200: inline_serializer(
+                "CarrierWebhookReceived",
+                {"received": serializers.BooleanField(), "duplicate": serializers.BooleanField()},
+            ),
+            **errors(400, 413, descriptions={400: "The signature does not verify."}),
+        },
+        parameters=[
+            OpenApiParameter("X-Hmac-Signature", str, OpenApiParameter.HEADER, required=True)
+        ],
+        auth=[],
+    )
+    def post(self, request: Request) -> Response:
+        _, created = carrier_events.easypost_event_receive(
+            payload=request.body, headers=dict(request.headers)
         )
         return Response({"received": True, "duplicate": not created})

@@ -10,11 +10,11 @@ from rest_framework.authtoken.models import Token
 from orders.models import Product
 
 DEMO_PRODUCTS = [
-    ("MUG-001", "Enamel mug", Decimal("12.50"), 100),
-    ("TEE-001", "Cotton T-shirt", Decimal("19.90"), 100),
-    ("CAP-001", "Baseball cap", Decimal("15.00"), 50),
-    ("BAG-001", "Canvas tote bag", Decimal("9.99"), 200),
-    ("PEN-001", "Fountain pen", Decimal("34.00"), 10),
+    ("MUG-001", "Enamel mug", Decimal("12.50"), 100, 350),
+    ("TEE-001", "Cotton T-shirt", Decimal("19.90"), 100, 180),
+    ("CAP-001", "Baseball cap", Decimal("15.00"), 50, 120),
+    ("BAG-001", "Canvas tote bag", Decimal("9.99"), 200, 150),
+    ("PEN-001", "Fountain pen", Decimal("34.00"), 10, 40),
 ]
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo-password"
@@ -28,9 +28,16 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args: Any, base_url: str, **options: Any) -> None:
-        for sku, name, price, stock in DEMO_PRODUCTS:
+        for sku, name, price, stock, grams in DEMO_PRODUCTS:
             Product.objects.get_or_create(
-                sku=sku, defaults={"name": name, "price": price, "currency": "EUR", "stock": stock}
+                sku=sku,
+                defaults={
+                    "name": name,
+                    "price": price,
+                    "currency": "EUR",
+                    "stock": stock,
+                    "weight_grams": grams,
+                },
             )
         User = get_user_model()
         user, created = User.objects.get_or_create(

@@ -1,0 +1,162 @@
+"""EasyPost's tracking events: recorded once by the view (a repeat is answered 200 and does
+nothing), processed by a task on the shipping queue.
+
+Events come at least once and in any order: a parcel's status only moves forward (a late
+`in_transit` never undoes `delivered`), each move is one timeline entry with the actor
+`easypost`, and the first `in_transit` sends the customer the "shipped" email, once per
+order. `return_to_sender` and `failure` mark a delivery problem for staff (an admin filter,
+a metric); the order's own status does not change after `completed`: the parcel's story is
+the shipment's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from easypost.errors import SignatureVerificationError
+from easypost.util import validate_webhook
+
+from integrations.errors import PermanentError
+
+from . import dispatch, provider_events
+from .errors import ApplicationError
+from .models import (
+    DELIVERY_PROBLEMS,
+    TRACKING_RANK,
+    ActorKind,
+    NotificationKind,
+    Order,
+    Outcome,
+    ProviderEvent,
+    Shipment,
+    Step,
+    TrackingStatus,
+)
+from .notifications import notification_send
+from .state import Actor, event_record, lock_order
+
+logger = logging.getLogger(__name__)
+
+EASYPOST = "easypost"
+EASYPOST_ACTOR = Actor(kind=ActorKind.EASYPOST)
+HANDLED = frozenset({"tracker.updated"})
+
+
+class InvalidSignature(ApplicationError):
+    code = "invalid_signature"
+
+
+def easypost_event_receive(
+    *, payload: bytes, headers: dict[str, str]
+) -> tuple[ProviderEvent, bool]:
+    """Verify an event with the SDK's own helper (X-Hmac-Signature and the webhook's
+    secret), record it once, and queue its processing. Raises InvalidSignature."""
+    try:
+        event = validate_webhook(payload, headers, settings.EASYPOST_WEBHOOK_SECRET)
+        event_id, event_type = str(event["id"]), str(event["description"])
+    except (SignatureVerificationError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidSignature(f"The X-Hmac-Signature does not verify: {exc}") from exc
+    record = ProviderEvent(
+        provider=EASYPOST,
+        event_id=event_id,
+        type=event_type,
+        payload=event,
+        received_at=timezone.now(),
+    )
+    created = provider_events.insert_once(record)
+    if created and record.type in HANDLED:
+        dispatch.provider_event_process(event_pk=record.pk, carrier=True)
+    return record, created
+
+
+def easypost_event_process(*, event_pk: int) -> str:
+    """Move the parcel on, once. Returns what was done (kept on the record)."""
+    record = ProviderEvent.objects.filter(pk=event_pk).first()
+    if record is None:
+        return "missing"
+    if record.processed_at is not None:
+        return record.result
+    tracker = record.payload.get("result") or {}
+    shipment = _shipment_of(tracker)
+    if shipment is None:
+        result, order = "unknown_shipment", None
+    else:
+        order = shipment.order
+        result = _tracker_update(record, shipment, tracker)
+    ProviderEvent.objects.filter(pk=event_pk).update(
+        processed_at=timezone.now(), result=result, order=order
+    )
+    return result
+
+
+def _shipment_of(tracker: dict[str, Any]) -> Shipment | None:
+    """Our shipment for a tracker: by the tracker's id, its shipment's id or its code."""
+    for field, value in (
+        ("tracker_id", tracker.get("id")),
+        ("carrier_reference", tracker.get("shipment_id")),
+        ("tracking_number", tracker.get("tracking_code")),
+    ):
+        if value:
+            found = next(
+                iter(Shipment.objects.filter(**{field: value}).select_related("order")[:1]),
+                None,
+            )
+            if found is not None:
+                return found
+    return None
+
+
+def _tracker_update(record: ProviderEvent, shipment: Shipment, tracker: dict[str, Any]) -> str:
+    status = tracker.get("status")
+    if status not in TRACKING_RANK:
+        return "ignored"  # `unknown`, `available_for_pickup` and the like: nothing to tell
+    with transaction.atomic():
+        order = lock_order(shipment.order_id)
+        shipment = Shipment.objects.select_for_update().get(pk=shipment.pk)
+        moved = TRACKING_RANK[status] > TRACKING_RANK.get(shipment.tracking_status, 0)
+        if moved:
+            _status_record(record, order, shipment, status)
+    if status in (
+        TrackingStatus.IN_TRANSIT,
+        TrackingStatus.OUT_FOR_DELIVERY,
+        TrackingStatus.DELIVERED,
+    ):
+        # The "shipped" email, once per order: also when `in_transit` came late or never.
+        # A mail server that refuses raises, and the event is processed again.
+        try:
+            notification_send(
+                order=order, kind=NotificationKind.SHIPPED, step=Step.TRACKING, attempt=1
+            )
+        except PermanentError as exc:
+            event_record(
+                order=order,
+                step=Step.TRACKING,
+                outcome=Outcome.FAILED,
+                reason_code="email_refused",
+                detail=str(exc),
+            )
+    return status if moved else "not_newer"
+
+
+def _status_record(record: ProviderEvent, order: Order, shipment: Shipment, status: str) -> None:
+    previous = shipment.tracking_status
+    shipment.tracking_status = status
+    shipment.tracking_updated_at = timezone.now()
+    problem = status in DELIVERY_PROBLEMS
+    if problem:
+        shipment.delivery_problem_at = shipment.tracking_updated_at
+    shipment.save(update_fields=["tracking_status", "tracking_updated_at", "delivery_problem_at"])
+    event_record(
+        order=order,
+        step=Step.TRACKING,
+        outcome=Outcome.FAILED if problem else Outcome.SUCCEEDED,
+        actor=EASYPOST_ACTOR,
+        reason_code="delivery_problem" if problem else status,
+        data={"tracking_status": status, "from": previous, "event_id": record.event_id},
+        detail=f"{shipment.carrier} {shipment.tracking_number}: {status.replace('_', ' ')}"
+        + ("; staff decide what happens next" if problem else ""),
+    )

@@ -1,0 +1,48 @@
+"""Webhook events from the providers (Stripe's, orders/payment_events.py; EasyPost's,
+orders/carrier_events.py): recorded once by their id, processed by a task, sent again by
+the recovery sweep while unprocessed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+from django.db import connection
+from django.utils import timezone
+
+from .models import ProviderEvent
+
+
+def insert_once(record: ProviderEvent) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING: one statement where get_or_create takes five (a
+    read, a savepoint, the insert, its release, the commit), on every webhook. Sets the
+    record's pk and returns True if it is new."""
+    fields = [f for f in ProviderEvent._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    values = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {ProviderEvent._meta.db_table} ({columns}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}) "
+            "ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
+            values,
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    record.pk = row[0]
+    return True
+
+
+def unprocessed(*, provider: str, types: Iterable[str], older_than_seconds: float) -> list[int]:
+    """Events of a provider recorded but never processed (the broker was down when they
+    came, or their task gave up)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    return list(
+        ProviderEvent.objects.filter(
+            provider=provider,
+            processed_at__isnull=True,
+            received_at__lt=cutoff,
+            type__in=list(types),
+        ).values_list("pk", flat=True)[:500]
+    )
