@@ -169,19 +169,28 @@ def _sandbox_list(base_url: str, path: str, order_id: Any = None) -> list[dict]:
 STRIPE_TEST_KEY = "sk_test_sandbox"
 
 
+def _sandbox_read(url: str, *, params: dict, headers: dict, attempts: int = 20) -> Any:
+    """A GET of the sandbox's API, tried again on a 5xx: a test that sets
+    SANDBOX_FAILURE_RATE makes the providers fail reads too, as real ones may."""
+    for attempt in range(attempts):
+        response = requests.get(url, params=params, headers=headers, timeout=30)
+        if response.status_code < 500 or attempt == attempts - 1:
+            response.raise_for_status()
+            return response.json()
+        time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
 def stripe_list(base_url: str, path: str, **params: Any) -> list[dict]:
     """Every object of a list endpoint of the sandbox's Stripe, page by page, as a client of
     Stripe's API reads them."""
     found: list[dict] = []
     while True:
-        response = requests.get(
+        page = _sandbox_read(
             f"{base_url}/sandbox/stripe/v1/{path}",
             params={"limit": 100, **params},
             headers={"Authorization": f"Bearer {STRIPE_TEST_KEY}"},
-            timeout=30,
         )
-        response.raise_for_status()
-        page = response.json()
         found += page["data"]
         if not page["has_more"]:
             return found
