@@ -237,14 +237,11 @@ def carrier_shipments(base_url: str) -> list[dict]:
     found: list[dict] = []
     params: dict[str, Any] = {"page_size": 100}
     while True:
-        response = requests.get(
+        page = _sandbox_read(
             f"{base_url}/sandbox/easypost/v2/shipments",
             params=params,
             headers={"Authorization": f"Bearer {EASYPOST_TEST_KEY}"},
-            timeout=30,
         )
-        response.raise_for_status()
-        page = response.json()
         found += page["shipments"]
         if not page["has_more"] or not page["shipments"]:
             return found

@@ -163,7 +163,13 @@ def test_stock_is_adjusted_by_a_delta_and_recorded(client, db):
     staff = _staff(client, "view_product", "change_product")
     product = ProductFactory(sku="CAP-001", stock=10)
     url = reverse("admin:orders_product_change", args=[product.pk])
-    fields = {"sku": "CAP-001", "name": product.name, "price": "10.00", "currency": "EUR"}
+    fields = {
+        "sku": "CAP-001",
+        "name": product.name,
+        "price": "10.00",
+        "currency": "EUR",
+        "weight_grams": "120",
+    }
     fields["is_active"] = "on"
     Product.objects.filter(pk=product.pk).update(stock=7)  # reservations meanwhile
 

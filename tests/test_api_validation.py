@@ -87,7 +87,9 @@ def test_no_lines_is_refused(refused):
 
 def test_101_lines_are_refused_and_100_accepted(api, refused, django_capture_on_commit_callbacks):
     skus = [f"BULK-{n:03d}" for n in range(101)]
-    Product.objects.bulk_create(Product(sku=sku, name=sku, price="1.00", stock=10) for sku in skus)
+    Product.objects.bulk_create(
+        Product(sku=sku, name=sku, price="1.00", stock=10, weight_grams=100) for sku in skus
+    )
 
     error = refused(order_payload(*[(sku, 1) for sku in skus]))
     assert "lines" in error["fields"]

@@ -74,7 +74,7 @@ def test_production_refuses_to_start_without_a_strong_secret_key(key):
 
 @pytest.mark.parametrize(
     "name",
-    ["DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "SHIPPING_CARRIER", "EMAIL_HOST"],
+    ["DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "EMAIL_HOST"],
 )
 def test_production_refuses_to_start_without_its_other_required_settings(name):
     result = run(["-c", "import config.settings.production"], **{name: None})

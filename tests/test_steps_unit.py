@@ -228,7 +228,7 @@ def test_giving_up_after_a_lost_answer_finds_the_shipment_in_the_ledger(
     assert _status(shipping) == "confirming"
     assert (
         Shipment.objects.get(order=shipping).tracking_number
-        == FakeCarrier.ledger(shipping.id)[0].tracking_number
+        == FakeCarrier.ledger(shipping.id)[0].tracking_code
     )
     assert (
         len(dispatched(sent)) == 1
