@@ -19,6 +19,7 @@ from orders.models import Order, Shipment
 from tests.factories import ProductFactory, order_payload
 from tests.helpers import (
     carrier_ledger,
+    carrier_shipments,
     gateway_ledger,
     place_as_new_customer,
     reason_codes,
@@ -51,9 +52,9 @@ def test_the_fast_timings_are_in_the_order_the_checks_demand():
 
 def test_a_shipment_created_before_a_timeout_completes_the_order(stack_factory):
     """postal_code 00001: the carrier creates the shipment, answers after our timeout, then
-    answers 503 to every further create. Expected: when the retries run out the carrier's
-    ledger is asked, the shipment found is recorded, and the order completes with one
-    shipment, one capture and no refund."""
+    answers 503 to every further create. Expected: the retry never creates again: it finds
+    the shipment by the order's reference at the carrier, buys its one label, and the order
+    completes with one shipment, one label, one capture and no refund."""
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     stack = stack_factory(env=FAST, workers=1, beat=True)
 
@@ -69,7 +70,9 @@ def test_a_shipment_created_before_a_timeout_completes_the_order(stack_factory):
     assert [(c["status"], c["refunded"]) for c in charges] == [("succeeded", False)]
     assert order.payment.status == "captured"
     codes = reason_codes(order)
-    assert "shipment_found" in codes and "transient_error" in codes
+    assert "shipment_created" in codes and "transient_error" in codes
+    mine = [s for s in carrier_shipments(stack.web_url) if s["reference"] == order_id]
+    assert len(mine) == 1  # found by its reference, not created again
     assert "refunded" not in codes and order.failure_reason == ""
     assert stack.smtp.subjects() == [f"Your order {order.id} is confirmed"]
 
