@@ -94,3 +94,36 @@ def test_with_the_sandbox_on_its_adapters_are_fine(settings):
 
     assert settings.SANDBOX_ENABLED
     assert provider_errors() == []
+
+
+def test_production_checks_stripe_and_easypost(settings):
+    """What orders.E002 and W002 say of the real providers' settings (the subprocess tests in
+    tests/test_production.py show the same through `manage.py check`)."""
+    from orders.checks import provider_errors, stripe_warnings
+
+    settings.SANDBOX_ENABLED = False
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.PAYMENT_GATEWAY = "integrations.payments.StripeGateway"
+    settings.SHIPPING_CARRIER = "integrations.shipping.EasyPostCarrier"
+    settings.STRIPE_API_BASE = "http://stripe.invalid"
+    settings.STRIPE_API_KEY = settings.STRIPE_WEBHOOK_SECRET = ""
+    settings.EASYPOST_API_BASE = "http://easypost.invalid/v2"
+    settings.EASYPOST_API_KEY = settings.EASYPOST_WEBHOOK_SECRET = ""
+    settings.SHIPPING_FROM_ADDRESS = {"name": "Shop"}
+
+    errors = provider_errors()
+
+    assert len(errors) == 7
+    assert any("STRIPE_API_BASE" in e and "https" in e for e in errors)
+    assert any("SHIPPING_FROM_ADDRESS lacks city, country, street1, zip" in e for e in errors)
+    settings.STRIPE_API_BASE = "https://api.stripe.com"
+    settings.STRIPE_API_KEY = "sk_test_x"
+    settings.STRIPE_WEBHOOK_SECRET = "whsec_x"
+    settings.EASYPOST_API_BASE = "https://api.easypost.com/v2"
+    settings.EASYPOST_API_KEY = settings.EASYPOST_WEBHOOK_SECRET = "x"
+    sender = ("name", "street1", "city", "zip", "country")
+    settings.SHIPPING_FROM_ADDRESS = dict.fromkeys(sender, "x")
+    assert provider_errors() == []
+    assert stripe_warnings() == ["STRIPE_API_KEY is a test-mode key: no real payment is taken"]
+    settings.STRIPE_API_KEY = "sk_live_x"
+    assert stripe_warnings() == []

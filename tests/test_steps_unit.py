@@ -353,3 +353,93 @@ def test_a_step_that_gives_up_after_its_work_is_recorded_does_not_fail_the_order
 
     assert _status(paying) == "paying"
     assert _stock(paying) == [7]  # still reserved
+
+
+# --- 3-D Secure: the charge step asks the gateway while the customer authenticates ---------------
+@pytest.fixture
+def awaiting(paying):
+    FakeGateway.script("requires_action")
+    steps.charge_payment(order_id=paying.id, attempt=1)
+    assert _status(paying) == "awaiting_payment_action"
+    payment = Payment.objects.get(order=paying)
+    assert payment.status == PaymentStatus.REQUIRES_ACTION and payment.client_secret
+    return paying
+
+
+def test_an_authenticated_payment_moves_the_order_on_and_sends_the_rest(
+    awaiting, django_capture_on_commit_callbacks
+):
+    FakeGateway.authenticate(awaiting.id)
+
+    with django_capture_on_commit_callbacks() as sent:
+        steps.charge_payment(order_id=awaiting.id, attempt=2)
+
+    assert _status(awaiting) == "shipping"
+    payment = Payment.objects.get(order=awaiting)
+    assert payment.status == PaymentStatus.CAPTURED and payment.client_secret == ""
+    assert len(dispatched(sent)) == 1  # the shipment and the confirmation
+    assert FakeGateway.calls().count("charge") == 1  # asked, never charged again
+
+
+def test_a_payment_still_with_the_customer_changes_nothing(awaiting):
+    steps.charge_payment(order_id=awaiting.id, attempt=2)
+
+    assert _status(awaiting) == "awaiting_payment_action"
+    assert FakeGateway.calls() == ["charge", "retrieve"]
+
+
+def test_a_failed_authentication_fails_the_order_and_releases_the_stock(awaiting):
+    FakeGateway.authenticate(awaiting.id, succeed=False)
+
+    steps.charge_payment(order_id=awaiting.id, attempt=2)
+
+    assert _status(awaiting) == "failed"
+    assert "payment_authentication_failed" in reason_codes(awaiting)
+    assert _stock(awaiting) == [10]
+    steps.compensate(order_id=awaiting.id, attempt=1)
+    [charge] = FakeGateway.ledger(awaiting.id)
+    assert charge.status == "canceled"  # its secret can no longer confirm it
+
+
+def test_past_the_deadline_the_charge_is_cancelled_and_the_order_fails(awaiting, settings):
+    settings.ORDER_PAYMENT_ACTION_DEADLINE_SECONDS = 0
+
+    steps.charge_payment(order_id=awaiting.id, attempt=2)
+
+    assert _status(awaiting) == "failed"
+    assert "payment_action_expired" in reason_codes(awaiting)
+    [charge] = FakeGateway.ledger(awaiting.id)
+    assert charge.status == "canceled"
+    assert Payment.objects.get(order=awaiting).status == PaymentStatus.NOT_CHARGED
+
+
+def test_authenticated_as_the_deadline_passes_the_order_goes_on(awaiting, settings):
+    """The customer authenticates between our look and our cancel: the gateway refuses the
+    cancel, and the order goes on as paid, never failed beside a capture."""
+    settings.ORDER_PAYMENT_ACTION_DEADLINE_SECONDS = 0
+    real_retrieve = FakeGateway.retrieve
+
+    def authenticated_after_the_look(self, *, charge_id):
+        looked = real_retrieve(self, charge_id=charge_id)
+        FakeGateway.authenticate(awaiting.id)
+        return looked
+
+    FakeGateway.retrieve = authenticated_after_the_look  # type: ignore[method-assign]
+    try:
+        steps.charge_payment(order_id=awaiting.id, attempt=2)
+    finally:
+        FakeGateway.retrieve = real_retrieve  # type: ignore[method-assign]
+
+    assert _status(awaiting) == "shipping"
+    [charge] = FakeGateway.ledger(awaiting.id)
+    assert charge.status == "captured" and not charge.refunded
+
+
+def test_cancelling_while_the_customer_authenticates_cancels_the_charge(awaiting):
+    services.order_cancel(order_id=awaiting.id, actor=SYSTEM)
+    steps.compensate(order_id=awaiting.id, attempt=1)
+
+    assert _status(awaiting) == "cancelled"
+    [charge] = FakeGateway.ledger(awaiting.id)
+    assert charge.status == "canceled"
+    assert "refunded" not in reason_codes(awaiting)
