@@ -97,7 +97,7 @@ def sweep() -> dict[str, Any]:
 
 def _provider_events_resend() -> int:
     """Webhook events recorded while the broker was down (or whose task gave up) are sent
-    to the payments queue again; processing is idempotent."""
+    to their queue again; processing is idempotent."""
     sent = 0
     for provider, types, carrier in (
         (payment_events.STRIPE, payment_events.HANDLERS, False),

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from integrations.errors import PermanentError, ProviderError, TransientError
 from integrations.payments import ChargeResult, ChargeStatus, GatewayCharge, get_payment_gateway
-from integrations.shipping import CarrierShipment, get_carrier
+from integrations.shipping import Carrier, CarrierShipment, get_carrier
 
 from . import dispatch, services
 from .errors import StepNotReady
@@ -408,7 +408,7 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
     row, first_try = Shipment.objects.get_or_create(order=order)
     carrier = get_carrier()
     try:
-        found = _carrier_shipment(order=order, row=row, first_try=first_try)
+        found = _carrier_shipment(carrier, order=order, row=row, first_try=first_try)
         if found is None:
             found = carrier.create_shipment(
                 order_id=str(order.id),
@@ -420,7 +420,7 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
                 carrier_reference=found.shipment_id, label_status=LabelStatus.CREATED
             )
         if not found.purchased:
-            found = _buy(found)
+            found = _buy(carrier, found)
     except PermanentError as exc:
         # Asks the ledger first: the chain goes on to the confirmation if a label exists.
         shipment_fail(
@@ -437,10 +437,11 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
     )
 
 
-def _carrier_shipment(*, order: Order, row: Shipment, first_try: bool) -> CarrierShipment | None:
+def _carrier_shipment(
+    carrier: Carrier, *, order: Order, row: Shipment, first_try: bool
+) -> CarrierShipment | None:
     """What the carrier holds already: the recorded shipment, or (after a create whose
     answer was lost) one found by the order's reference. None: nothing, create it."""
-    carrier = get_carrier()
     if row.carrier_reference:
         return carrier.retrieve(shipment_id=row.carrier_reference)
     if first_try:
@@ -450,14 +451,14 @@ def _carrier_shipment(*, order: Order, row: Shipment, first_try: bool) -> Carrie
     return next(iter(bought or found), None)
 
 
-def _buy(shipment: CarrierShipment) -> CarrierShipment:
+def _buy(carrier: Carrier, shipment: CarrierShipment) -> CarrierShipment:
     try:
-        return get_carrier().buy(shipment=shipment)
+        return carrier.buy(shipment=shipment)
     except PermanentError as exc:
         if exc.code != "SHIPMENT.POSTAGE.EXISTS":
             raise
         # Bought by a run whose answer was lost: the label is there.
-        return get_carrier().retrieve(shipment_id=shipment.shipment_id)
+        return carrier.retrieve(shipment_id=shipment.shipment_id)
 
 
 def _parcel_grams(order: Order) -> int:

@@ -277,29 +277,25 @@ def purge_idempotency_keys() -> int:
     return idempotency.purge_expired()
 
 
-@shared_task(
-    name=TaskName.PROCESS_PROVIDER_EVENT,
-    ignore_result=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=1,
-    retry_backoff_max=settings.TASK_RETRY_BACKOFF_MAX,
-    retry_jitter=True,
-    max_retries=settings.TASK_MAX_RETRIES,
-)
+# Webhook events: retried as the steps are; once the retries are used up the event stays
+# unprocessed and the recovery sweep sends it again.
+EVENT_TASK_OPTIONS: dict[str, Any] = {
+    key: STEP_OPTIONS[key]
+    for key in (
+        "autoretry_for",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "max_retries",
+    )
+}
+
+
+@shared_task(name=TaskName.PROCESS_PROVIDER_EVENT, ignore_result=True, **EVENT_TASK_OPTIONS)
 def process_provider_event(*, event_pk: int) -> str:
-    # Retries used up: the event stays unprocessed and the recovery sweep sends it again.
     return payment_events.stripe_event_process(event_pk=event_pk)
 
 
-@shared_task(
-    name=TaskName.PROCESS_CARRIER_EVENT,
-    ignore_result=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=1,
-    retry_backoff_max=settings.TASK_RETRY_BACKOFF_MAX,
-    retry_jitter=True,
-    max_retries=settings.TASK_MAX_RETRIES,
-)
+@shared_task(name=TaskName.PROCESS_CARRIER_EVENT, ignore_result=True, **EVENT_TASK_OPTIONS)
 def process_carrier_event(*, event_pk: int) -> str:
-    # Retries used up (the mail server down for the "shipped" email): the sweep sends it again.
     return carrier_events.easypost_event_process(event_pk=event_pk)
