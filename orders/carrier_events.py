@@ -22,7 +22,7 @@ from easypost.util import validate_webhook
 
 from integrations.errors import PermanentError
 
-from . import dispatch, provider_events
+from . import provider_events
 from .errors import ApplicationError
 from .models import (
     DELIVERY_PROBLEMS,
@@ -60,37 +60,27 @@ def easypost_event_receive(
         event_id, event_type = str(event["id"]), str(event["description"])
     except (SignatureVerificationError, ValueError, KeyError, TypeError) as exc:
         raise InvalidSignature(f"The X-Hmac-Signature does not verify: {exc}") from exc
-    record = ProviderEvent(
+    return provider_events.receive(
         provider=EASYPOST,
         event_id=event_id,
-        type=event_type,
+        event_type=event_type,
         payload=event,
-        received_at=timezone.now(),
+        handled=HANDLED,
+        carrier=True,
     )
-    created = provider_events.insert_once(record)
-    if created and record.type in HANDLED:
-        dispatch.provider_event_process(event_pk=record.pk, carrier=True)
-    return record, created
 
 
 def easypost_event_process(*, event_pk: int) -> str:
     """Move the parcel on, once. Returns what was done (kept on the record)."""
-    record = ProviderEvent.objects.filter(pk=event_pk).first()
-    if record is None:
-        return "missing"
-    if record.processed_at is not None:
-        return record.result
+    return provider_events.process_once(event_pk=event_pk, handle=_handle)
+
+
+def _handle(record: ProviderEvent) -> tuple[Order | None, str]:
     tracker = record.payload.get("result") or {}
     shipment = _shipment_of(tracker)
     if shipment is None:
-        result, order = "unknown_shipment", None
-    else:
-        order = shipment.order
-        result = _tracker_update(record, shipment, tracker)
-    ProviderEvent.objects.filter(pk=event_pk).update(
-        processed_at=timezone.now(), result=result, order=order
-    )
-    return result
+        return None, "unknown_shipment"
+    return shipment.order, _tracker_update(record, shipment, tracker)
 
 
 def _shipment_of(tracker: dict[str, Any]) -> Shipment | None:

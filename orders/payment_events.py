@@ -69,18 +69,14 @@ def stripe_event_receive(*, payload: bytes, signature: str | None) -> tuple[Prov
         event_id, event_type = str(event["id"]), str(event["type"])
     except (stripe.SignatureVerificationError, ValueError, KeyError, TypeError) as exc:
         raise InvalidSignature(f"The Stripe-Signature does not verify: {exc}") from exc
-    record = ProviderEvent(
+    return provider_events.receive(
         provider=STRIPE,
         event_id=event_id,
-        type=event_type,
+        event_type=event_type,
         payload=event,
-        received_at=timezone.now(),
+        handled=HANDLERS,
         **_triage(event_type, event),
     )
-    created = provider_events.insert_once(record)
-    if created and record.processed_at is None and record.type in HANDLERS:
-        dispatch.provider_event_process(event_pk=record.pk)
-    return record, created
 
 
 def _triage(event_type: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -90,9 +86,8 @@ def _triage(event_type: str, event: dict[str, Any]) -> dict[str, Any]:
     if event_type not in PAYMENT_INTENT_EVENTS:
         return {}
     obj = (event.get("data") or {}).get("object") or {}
-    try:
-        order_id = uuid.UUID(str((obj.get("metadata") or {}).get("order_id")))
-    except ValueError:
+    order_id = _metadata_order_id(obj.get("metadata"))
+    if order_id is None:
         return {"processed_at": timezone.now(), "result": "unknown_order"}
     status = next(iter(Order.objects.filter(pk=order_id).values_list("status", flat=True)), None)
     if status in (OrderStatus.AWAITING_PAYMENT_ACTION, *COMPENSATED_STATUSES):
@@ -107,24 +102,28 @@ def _triage(event_type: str, event: dict[str, Any]) -> dict[str, Any]:
 
 def stripe_event_process(*, event_pk: int) -> str:
     """Do what the event asks, once. Returns what was done (kept on the record)."""
-    record = ProviderEvent.objects.filter(pk=event_pk).first()
-    if record is None:  # deleted since (by a purge, or a test's flush)
-        return "missing"
-    if record.processed_at is not None:
-        return record.result
+    return provider_events.process_once(event_pk=event_pk, handle=_handle)
+
+
+def _handle(record: ProviderEvent) -> tuple[Order | None, str]:
     handler = HANDLERS.get(record.type)
     obj = record.payload.get("data", {}).get("object", {})
     try:
-        order, result = handler(record, obj) if handler else (None, "ignored")
+        return handler(record, obj) if handler else (None, "ignored")
     except PermanentError as exc:
         # Stripe refuses to tell (e.g. the object is gone): retrying cannot help, and the
         # sweep would send it forever. Kept with the error, for staff to read in the admin.
         logger.error("stripe event %s could not be processed: %s", record.event_id, exc)
-        order, result = None, f"error: {exc.code}"
-    ProviderEvent.objects.filter(pk=event_pk).update(
-        processed_at=timezone.now(), result=result, order=order
-    )
-    return result
+        return None, f"error: {exc.code}"
+
+
+def _metadata_order_id(metadata: dict[str, Any] | None) -> uuid.UUID | None:
+    """The order a Stripe object names in its metadata, or None (absent, not a UUID: not
+    one of ours)."""
+    try:
+        return uuid.UUID(str((metadata or {}).get("order_id")))
+    except ValueError:
+        return None
 
 
 def _order_of(intent_id: str, metadata: dict[str, Any] | None) -> Order | None:
@@ -139,11 +138,8 @@ def _order_of(intent_id: str, metadata: dict[str, Any] | None) -> Order | None:
     )
     if payment is not None:
         return payment.order
-    try:
-        order_id = uuid.UUID(str((metadata or {}).get("order_id")))
-    except ValueError:  # absent or not a UUID: not one of ours
-        return None
-    return Order.objects.filter(pk=order_id).first()
+    order_id = _metadata_order_id(metadata)
+    return Order.objects.filter(pk=order_id).first() if order_id else None
 
 
 def _payment_intent_changed(record: ProviderEvent, obj: dict) -> tuple[Order | None, str]:
