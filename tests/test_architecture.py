@@ -21,6 +21,13 @@ def _modules() -> dict[str, ast.Module]:
     return found
 
 
+# Parsed once, while the test modules are collected: CPython 3.11's AST constructor can
+# raise "SystemError: AST constructor recursion depth mismatch" when it runs while other
+# threads do (cpython#106905), and by the time this test runs the suite has a Celery
+# worker and the sandbox server running in threads of this process.
+MODULES = _modules()
+
+
 def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
     package = name if name == "orders" else name.rsplit(".", 1)[0]
     if (PACKAGE / Path(*name.split(".")[1:]) / "__init__.py").exists():
@@ -44,7 +51,7 @@ def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
 
 
 def test_the_import_graph_of_the_app_has_no_circle():
-    modules = _modules()
+    modules = MODULES
     graph = {name: _imports(name, tree, set(modules)) for name, tree in modules.items()}
     state: dict[str, str] = {}
     circles = []
@@ -69,7 +76,7 @@ def test_the_import_graph_of_the_app_has_no_circle():
 
 def test_no_module_of_the_app_imports_the_app_inside_a_function():
     lazy = []
-    for name, tree in _modules().items():
+    for name, tree in MODULES.items():
         for func in ast.walk(tree):
             if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
