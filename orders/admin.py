@@ -22,7 +22,11 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from . import recovery, services
+from . import (
+    admin_clients,  # noqa: F401  registers the API clients' pages
+    recovery,
+    services,
+)
 from .errors import ApplicationError, Conflict
 from .models import (
     TERMINAL_STATUSES,
@@ -244,7 +248,7 @@ class NotificationInline(ReadOnlyMixin, admin.TabularInline):
 
 def _task_links(event: OrderEvent) -> SafeString:
     if not event.task_id:
-        return format_html("")
+        return SafeString("")
     results = reverse("admin:django_celery_results_taskresult_changelist")
     return format_html(
         '<a href="{}?{}">result</a> · <a href="{}/task/{}">flower</a>',

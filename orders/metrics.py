@@ -57,6 +57,11 @@ DELIVERY_PROBLEMS = Counter(
     "shipment_delivery_problems_total",
     "Parcels returned to sender or lost (EasyPost's return_to_sender, failure)",
 )
+SIGN_IN_LOCKOUTS = Counter(
+    "sign_in_lockouts_total",
+    "Failed sign-ins at or past the lock-out limit, by where: admin (username), token (client)",
+    ["surface"],
+)
 THROTTLE_FAIL_OPEN = Counter(
     "throttle_fail_open_total",
     "Requests let through unthrottled because the throttle's cache was unreachable",

@@ -1,9 +1,10 @@
 import uuid
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from oauth2_provider.models import AbstractApplication
 
 
 class Product(models.Model):
@@ -463,3 +464,36 @@ class ProviderEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.type} {self.event_id}"
+
+
+# The scopes an API client may hold; each endpoint names the one it needs (orders/api).
+API_SCOPES = {
+    "orders:read": "Read your orders",
+    "orders:write": "Place and cancel orders",
+    "products:read": "Read the catalogue",
+}
+
+
+class ApiClient(AbstractApplication):
+    """A shop's server: an OAuth 2.0 client (client credentials) acting for one user account,
+    which it sees the orders of and nothing else. Its secret is stored hashed (the library's
+    ClientSecretField) and shown once; its tokens are stored as digests only."""
+
+    # Space-separated, as OAuth writes scopes: what this client may ask a token for. (Annotated:
+    # the library's base class is untyped, so the stubs cannot infer these.)
+    scope: "models.TextField[str, str]" = models.TextField(
+        default=" ".join(API_SCOPES),
+        help_text="The scopes this client may ask for, space-separated: " + ", ".join(API_SCOPES),
+    )
+    revoked_at: "models.DateTimeField[Any, Any]" = models.DateTimeField(null=True, blank=True)
+
+    class Meta(AbstractApplication.Meta):
+        verbose_name = "API client"
+
+    @property
+    def scopes(self) -> list[str]:
+        return self.scope.split()
+
+    def is_usable(self, request: Any) -> bool:
+        # A revoked client gets no token; the shop's account must still be active.
+        return self.revoked_at is None and self.user is not None and self.user.is_active

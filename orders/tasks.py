@@ -22,7 +22,16 @@ from redis.exceptions import RedisError
 
 from integrations.errors import TransientError
 
-from . import carrier_events, dispatch, idempotency, payment_events, recovery, services, steps
+from . import (
+    carrier_events,
+    dispatch,
+    idempotency,
+    oauth,
+    payment_events,
+    recovery,
+    services,
+    steps,
+)
 from .errors import StepNotReady
 from .locks import StepBusy, UniqueStepTask
 from .models import Order, OrderId, Outcome, Step
@@ -275,6 +284,11 @@ def relay_dispatches() -> int:
 @shared_task(name=TaskName.PURGE_IDEMPOTENCY_KEYS, ignore_result=True)
 def purge_idempotency_keys() -> int:
     return idempotency.purge_expired()
+
+
+@shared_task(name=TaskName.CLEAR_EXPIRED_TOKENS, ignore_result=True)
+def clear_expired_tokens() -> None:
+    oauth.expired_tokens_clear()
 
 
 # Webhook events: retried as the steps are; once the retries are used up the event stays

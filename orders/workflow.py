@@ -30,6 +30,7 @@ class TaskName:
     SWEEP_STALLED_ORDERS = "orders.sweep_stalled_orders"
     RELAY_DISPATCHES = "orders.relay_dispatches"
     PURGE_IDEMPOTENCY_KEYS = "orders.purge_idempotency_keys"
+    CLEAR_EXPIRED_TOKENS = "orders.clear_expired_tokens"
     PROCESS_PROVIDER_EVENT = "orders.process_provider_event"
     PROCESS_CARRIER_EVENT = "orders.process_carrier_event"
 

@@ -1,6 +1,6 @@
 """Helpers for the hostile-input tests: what the database holds, and the one error shape."""
 
-from rest_framework.authtoken.models import Token
+from oauth2_provider.models import AccessToken
 
 from orders.models import IdempotencyKey, Order, OrderEvent, OrderLine, Payment, Product
 
@@ -16,7 +16,7 @@ def db_state() -> dict:
         "payments": Payment.objects.count(),
         "idempotency_keys": IdempotencyKey.objects.count(),
         "stock": dict(Product.objects.values_list("sku", "stock")),
-        "tokens": sorted(Token.objects.values_list("key", flat=True)),
+        "tokens": sorted(AccessToken.objects.values_list("token_checksum", flat=True)),
     }
 
 

@@ -256,7 +256,7 @@ def _each_client(tokens: list[str], work: Callable[[requests.Session], None]) ->
 
     def client(token: str) -> None:
         session = requests.Session()
-        session.headers["Authorization"] = f"Token {token}"
+        session.headers["Authorization"] = f"Bearer {token}"
         work(session)
 
     threads = [threading.Thread(target=client, args=(token,)) for token in tokens]

@@ -6,7 +6,7 @@ from tests.services import ensure_services
 
 ensure_services()
 
-from tests.factories import ProductFactory, TokenFactory, UserFactory  # noqa: E402
+from tests.factories import ProductFactory, UserFactory, token_for  # noqa: E402
 from tests.helpers import api_session, gateway_ledger  # noqa: E402
 
 # The real-process harness (stack_factory) is a plugin: fixtures, not imports.
@@ -29,7 +29,8 @@ def user(db):
 
 @pytest.fixture
 def token(user):
-    return TokenFactory(user=user)
+    """An access token of a client of `user`'s with every scope."""
+    return token_for(user=user)
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def api(token):
     from rest_framework.test import APIClient
 
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token.key}")
     return client
 
 

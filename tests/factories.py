@@ -1,10 +1,16 @@
+from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import factory
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
+from django.utils import timezone
+from oauth2_provider.models import AccessToken, set_token_value
+from oauthlib.common import generate_token
 
-from orders.models import Order, OrderLine, Product
+from orders.models import API_SCOPES, ApiClient, Order, OrderLine, Product
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -17,11 +23,43 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.django.Password("secret-pass-123")
 
 
-class TokenFactory(factory.django.DjangoModelFactory):
+class ApiClientFactory(factory.django.DjangoModelFactory):
     class Meta:
-        model = Token
+        model = ApiClient
 
     user = factory.SubFactory(UserFactory)
+    name = factory.Sequence(lambda n: f"shop server {n}")
+    client_type = ApiClient.CLIENT_CONFIDENTIAL
+    authorization_grant_type = ApiClient.GRANT_CLIENT_CREDENTIALS
+    client_secret = "client-secret-for-tests"  # hashed on save, as every secret is
+    scope = " ".join(API_SCOPES)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    key: str  # what goes after "Bearer "
+    user: Any
+    client: ApiClient
+
+
+def token_for(
+    user: Any = None, scopes: list[str] | None = None, seconds: int | None = None
+) -> IssuedToken:
+    """An access token of a new client of `user`'s (a new user without one), stored as the
+    token endpoint stores it: its digest only. The endpoint itself is tested in
+    test_oauth.py; the other tests need a token, not the round trip."""
+    client = ApiClientFactory(user=user or UserFactory())
+    key = generate_token()
+    token = AccessToken(
+        user=client.user,
+        application=client,
+        scope=" ".join(API_SCOPES if scopes is None else scopes),
+        expires=timezone.now()
+        + timedelta(seconds=settings.OAUTH_ACCESS_TOKEN_SECONDS if seconds is None else seconds),
+    )
+    set_token_value(token, key)
+    token.save()
+    return IssuedToken(key=key, user=client.user, client=client)
 
 
 class ProductFactory(factory.django.DjangoModelFactory):

@@ -126,7 +126,7 @@ def reason_codes(order: Any) -> list[str]:
 
 def api_session(token: str, base_url: str = "") -> requests.Session:
     session = requests.Session()
-    session.headers["Authorization"] = f"Token {token}"
+    session.headers["Authorization"] = f"Bearer {token}"
     session.base_url = base_url  # type: ignore[attr-defined]
     return session
 
@@ -147,10 +147,10 @@ def place_as_new_customer(base_url: str, payload: dict) -> str:
     """Place an order as a customer of its own (so no throttle is shared); returns its id."""
     from django.db import connection
 
-    from tests.factories import TokenFactory, UserFactory
+    from tests.factories import UserFactory, token_for
 
     try:
-        session = api_session(TokenFactory(user=UserFactory()).key, base_url)
+        session = api_session(token_for(user=UserFactory()).key, base_url)
         return place(session, payload)["id"]
     finally:
         if threading.current_thread() is not threading.main_thread():

@@ -371,7 +371,6 @@ class Stack:
                 "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
                 # Many orders from few users: the API's throttle is not what these tests are about.
                 "THROTTLE_ORDER_CREATE_RATE": "100000/min",
-                "THROTTLE_AUTH_TOKEN_RATE": "1000/min",
             }
         )
         env.update(self.overrides)

@@ -1,5 +1,6 @@
 """What staff see in the admin, and the demo data behind `make run`."""
 
+import base64
 import re
 import shlex
 from io import StringIO
@@ -7,10 +8,9 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
 
 from orders import services
-from orders.models import Order, Product
+from orders.models import ApiClient, Order, Product
 from tests.factories import ProductFactory, UserFactory
 
 
@@ -69,7 +69,7 @@ def test_admin_lists_celery_task_results(admin_client):
     )
 
 
-def test_seed_demo_twice_creates_once_and_prints_a_working_curl_line(
+def test_seed_demo_twice_creates_once_and_prints_working_curl_lines(
     db, client, django_capture_on_commit_callbacks
 ):
     first, second = StringIO(), StringIO()
@@ -78,14 +78,33 @@ def test_seed_demo_twice_creates_once_and_prints_a_working_curl_line(
     call_command("seed_demo", stdout=second)
 
     assert list(Product.objects.values_list("sku", "stock")) == products_after_first
-    token = Token.objects.get(user__username="demo").key
-    assert (
-        f"Demo token: {token}" in first.getvalue() and f"Demo token: {token}" in second.getvalue()
-    )
+    demo = ApiClient.objects.get(user__username="demo")  # one client, kept
+    printed = [
+        re.search(r"Demo API client: (\S+) / (\S+) ", out.getvalue()).groups()  # type: ignore[union-attr]
+        for out in (first, second)
+    ]
+    assert [client_id for client_id, _ in printed] == [demo.client_id] * 2
+    # Only a hash is kept, so each run prints a new secret; the first one no longer works.
+    assert printed[0][1] != printed[1][1] and printed[1][1] not in demo.client_secret
 
-    # The printed curl line, run through the test client: it places an order.
-    curl = next(line for line in first.getvalue().splitlines() if "curl -s -X POST" in line)
-    argv = shlex.split(curl)
+    # The printed lines, run through the test client: a token, then an order with it.
+    lines = second.getvalue().splitlines()
+    token_curl = shlex.split(next(line for line in lines if "grant_type=" in line).split("$(")[1])
+    user_pass = token_curl[token_curl.index("-u") + 1]
+    assert user_pass == ":".join(printed[1])
+    token_response = client.post(
+        "/api/oauth/token/",
+        dict(
+            a.split("=", 1)
+            for a in (token_curl[i + 1] for i, a in enumerate(token_curl) if a == "-d")
+        ),
+        HTTP_AUTHORIZATION="Basic " + base64.b64encode(user_pass.encode()).decode(),
+    )
+    assert token_response.status_code == 200, token_response.content
+    access_token = token_response.json()["access_token"]
+
+    curl = next(line for line in lines if "curl -s -X POST" in line and "/api/orders/" in line)
+    argv = shlex.split(curl.replace("$TOKEN", access_token))
     headers = dict(h.split(": ", 1) for h in (argv[i + 1] for i, a in enumerate(argv) if a == "-H"))
     body = argv[argv.index("-d") + 1]
     assert re.search(r"/api/orders/$", argv[argv.index("-X") + 2])
@@ -98,3 +117,10 @@ def test_seed_demo_twice_creates_once_and_prints_a_working_curl_line(
         )
     assert response.status_code == 201, response.content
     assert Order.objects.get().user.username == "demo"
+    # The first run's secret gets no token any more.
+    stale = client.post(
+        "/api/oauth/token/",
+        {"grant_type": "client_credentials"},
+        HTTP_AUTHORIZATION="Basic " + base64.b64encode(":".join(printed[0]).encode()).decode(),
+    )
+    assert stale.status_code == 401, stale.content

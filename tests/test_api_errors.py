@@ -8,14 +8,14 @@ from orders.models import Order
 from tests.factories import ProductFactory, order_payload
 
 
-def test_a_bug_under_api_answers_json_500(client, monkeypatch, db):
+def test_a_bug_under_api_answers_json_500(client, token, monkeypatch, db):
     def boom(*args, **kwargs):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr("orders.selectors.product_list", boom)
     client.raise_request_exception = False
 
-    response = client.get("/api/products/")
+    response = client.get("/api/products/", HTTP_AUTHORIZATION=f"Bearer {token.key}")
 
     assert response.status_code == 500
     assert response.json() == {"code": "server_error", "detail": "Server error."}

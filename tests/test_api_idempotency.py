@@ -31,10 +31,10 @@ def test_same_key_replays_the_first_response_and_creates_one_order(
 def test_keys_are_scoped_to_the_user(api, mug, django_capture_on_commit_callbacks):
     from rest_framework.test import APIClient
 
-    from tests.factories import TokenFactory
+    from tests.factories import token_for
 
     other = APIClient()
-    other.credentials(HTTP_AUTHORIZATION=f"Token {TokenFactory().key}")
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for().key}")
     with django_capture_on_commit_callbacks(execute=False):
         mine = api.post(
             URL, order_payload(("MUG-001", 1)), format="json", HTTP_IDEMPOTENCY_KEY="shared"
@@ -128,7 +128,7 @@ def test_fifty_parallel_requests_with_one_key_create_one_order(pipeline, token, 
             f"{pipeline.url}{URL}",
             json=body,
             timeout=30,
-            headers={"Authorization": f"Token {token.key}", "Idempotency-Key": "k-50"},
+            headers={"Authorization": f"Bearer {token.key}", "Idempotency-Key": "k-50"},
         )
 
     with ThreadPoolExecutor(max_workers=50) as pool:

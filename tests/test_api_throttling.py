@@ -1,6 +1,7 @@
 """Throttling (OWASP API4, unrestricted resource consumption): order creation per user and per
-anonymous address, the token endpoint per address. Over the rate: 429 with Retry-After, in the
-error shape, and nothing done. Rates are settings, from the environment."""
+anonymous address. Over the rate: 429 with Retry-After, in the error shape, and nothing done.
+Rates are settings, from the environment. (The token endpoint locks a client out after
+repeated failures instead: test_oauth.py.)"""
 
 import json
 import os
@@ -8,13 +9,12 @@ import subprocess
 import sys
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from orders.api.throttles import AuthTokenThrottle, OrderCreateAnonThrottle, OrderCreateUserThrottle
+from orders.api.throttles import OrderCreateAnonThrottle, OrderCreateUserThrottle
 from orders.models import Order
 from tests.api_fixtures import assert_error, db_state
-from tests.factories import TokenFactory, order_payload
+from tests.factories import IssuedToken, order_payload, token_for
 
 URL = "/api/orders/"
 
@@ -52,19 +52,18 @@ def assert_throttled(response) -> None:
     assert 0 < retry_after <= 60
 
 
-def client_for(token: Token | None) -> APIClient:
+def client_for(token: IssuedToken | None) -> APIClient:
     client = APIClient()
     if token is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token.key}")
     return client
 
 
 # --- Rates ----------------------------------------------------------------------------------------
 def test_rates_are_read_from_settings_at_request_time(rates):
-    rates(order_create="7/min", order_create_anon="3/hour", auth_token="5/day")
+    rates(order_create="7/min", order_create_anon="3/hour")
     assert OrderCreateUserThrottle().rate == "7/min"
     assert OrderCreateAnonThrottle().rate == "3/hour"
-    assert AuthTokenThrottle().rate == "5/day"
 
 
 def test_rates_come_from_the_environment():
@@ -73,7 +72,6 @@ def test_rates_come_from_the_environment():
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
         "THROTTLE_ORDER_CREATE_RATE": "11/min",
         "THROTTLE_ORDER_CREATE_ANON_RATE": "12/hour",
-        "THROTTLE_AUTH_TOKEN_RATE": "13/day",
         "THROTTLE_NUM_PROXIES": "1",
     }
     code = (
@@ -90,7 +88,7 @@ def test_rates_come_from_the_environment():
         check=True,
     )
     assert json.loads(result.stdout) == [
-        {"order_create": "11/min", "order_create_anon": "12/hour", "auth_token": "13/day"},
+        {"order_create": "11/min", "order_create_anon": "12/hour"},
         1,
     ]
 
@@ -98,7 +96,7 @@ def test_rates_come_from_the_environment():
 # --- Order creation, per user ---------------------------------------------------------------------
 def test_order_creation_is_throttled_per_user(rates, mug, post_order, token):
     rates(order_create="2/min")
-    alice, bob = client_for(token), client_for(TokenFactory())
+    alice, bob = client_for(token), client_for(token_for())
     assert [post_order(alice).status_code for _ in range(2)] == [201, 201]
     before = db_state()
 
@@ -149,52 +147,3 @@ def test_with_a_trusted_proxy_the_address_it_saw_is_throttled(rates, mug, post_o
     assert post_order(anonymous, HTTP_X_FORWARDED_FOR="1.1.1.1, 198.51.100.1").status_code == 401
     assert_throttled(post_order(anonymous, HTTP_X_FORWARDED_FOR="2.2.2.2, 198.51.100.1"))
     assert post_order(anonymous, HTTP_X_FORWARDED_FOR="1.1.1.1, 198.51.100.2").status_code == 401
-
-
-# --- The token endpoint, per address --------------------------------------------------------------
-def test_password_guessing_is_throttled_and_then_even_the_right_password_waits(rates, client, user):
-    rates(auth_token="3/min")
-    guesses = [
-        client.post(
-            "/api/auth/token/",
-            {"username": user.username, "password": f"guess{n}"},
-            content_type="application/json",
-            HTTP_X_FORWARDED_FOR=f"10.0.0.{n}",
-        )
-        for n in range(3)
-    ]
-    assert [r.status_code for r in guesses] == [400, 400, 400]
-    before = db_state()
-
-    response = client.post(
-        "/api/auth/token/",
-        {"username": user.username, "password": "secret-pass-123"},
-        content_type="application/json",
-    )
-
-    assert_throttled(response)
-    assert db_state() == before
-    assert not Token.objects.filter(user=user).exists()
-
-
-def test_the_token_throttle_is_per_address_not_per_username(rates, client, user):
-    rates(auth_token="1/min")
-    client.post(
-        "/api/auth/token/",
-        {"username": "someone", "password": "x"},
-        content_type="application/json",
-    )
-    assert_throttled(
-        client.post(
-            "/api/auth/token/",
-            {"username": "another", "password": "y"},
-            content_type="application/json",
-        )
-    )
-    other_address = client.post(
-        "/api/auth/token/",
-        {"username": user.username, "password": "secret-pass-123"},
-        content_type="application/json",
-        REMOTE_ADDR="192.0.2.9",
-    )
-    assert other_address.status_code == 200

@@ -23,7 +23,7 @@ from orders.models import (
     Product,
     Shipment,
 )
-from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
+from tests.factories import ProductFactory, UserFactory, order_payload, token_for
 from tests.helpers import gateway_ledger, wait_for
 from tests.procs import timing_errors_under
 
@@ -133,7 +133,7 @@ class Client:
 
     def place(self, index: int, job: tuple[dict, float | None]) -> str | None:
         payload, cancel_after = job
-        auth = {"Authorization": f"Token {self.tokens[index % len(self.tokens)]}"}
+        auth = {"Authorization": f"Bearer {self.tokens[index % len(self.tokens)]}"}
         time.sleep(max(0.0, self.started + index / PLACING_RATE - time.monotonic()))
         response = self._send(
             f"{self.base_url}/api/orders/",
@@ -225,9 +225,7 @@ def test_chaos(stack_factory, capsys):
     for sku, price, stock, _ in CATALOGUE:
         ProductFactory(sku=sku, price=price, stock=stock)
     initial_stock = dict(Product.objects.values_list("sku", "stock"))
-    tokens = [
-        TokenFactory(user=UserFactory(email=f"customer{i}@example.com")).key for i in range(8)
-    ]
+    tokens = [token_for(user=UserFactory(email=f"customer{i}@example.com")).key for i in range(8)]
     jobs = make_jobs(rng)
 
     began = time.monotonic()

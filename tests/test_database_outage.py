@@ -68,14 +68,14 @@ class PrivatePostgres:
 SETUP = """
 import django; django.setup()
 from decimal import Decimal
-from rest_framework.authtoken.models import Token
 from django.contrib.auth.models import User
+from tests.factories import token_for
 from orders.models import Product
 Product.objects.create(
     sku="MUG-001", name="Mug", price=Decimal("12.50"), stock=1000, weight_grams=350
 )
 user = User.objects.create_user("buyer", "buyer@example.com", "pw-123456789")
-print(Token.objects.create(user=user).key)
+print(token_for(user).key)
 """
 
 
@@ -106,7 +106,7 @@ class Client:
 
     def __init__(self, url: str, token: str) -> None:
         self.url, self.session = url, requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
+        self.session.headers["Authorization"] = f"Bearer {token}"
         self.accepted: dict[str, str] = {}  # key -> order id
         self.statuses: list[int] = []
 

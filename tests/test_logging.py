@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
+from tests.factories import ProductFactory, UserFactory, order_payload, token_for
 from tests.helpers import api_session, wait_for_orders
 
 
@@ -25,7 +25,7 @@ def _json_lines(text: str) -> list[dict]:
 def test_the_request_id_is_on_every_line_of_the_orders_story(stack_factory):
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
     stack = stack_factory(env={"LOG_FORMAT": "json"}, workers=1)
-    api = api_session(TokenFactory(user=UserFactory()).key)
+    api = api_session(token_for(user=UserFactory()).key)
 
     response = api.post(
         f"{stack.web_url}/api/orders/",

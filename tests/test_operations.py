@@ -14,7 +14,7 @@ from django.test import RequestFactory
 
 from orders.middleware import DatabaseUnavailableMiddleware
 from orders.models import Order, PendingDispatch
-from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
+from tests.factories import ProductFactory, UserFactory, order_payload, token_for
 from tests.helpers import (
     api_session,
     gateway_ledger,
@@ -137,7 +137,7 @@ def test_orders_placed_while_redis_is_down_are_accepted_and_start_when_it_is_bac
         beat=True,
         broker="redis",  # Redis as broker too: everything it serves goes down at once
     )
-    api = api_session(TokenFactory(user=UserFactory()).key, stack.web_url)
+    api = api_session(token_for(user=UserFactory()).key, stack.web_url)
 
     stack.redis.stop()
     responses = [

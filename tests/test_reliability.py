@@ -8,7 +8,7 @@ from django.core import mail
 
 from orders import workflow
 from orders.models import Product, Shipment
-from tests.factories import ProductFactory, TokenFactory, UserFactory, order_payload
+from tests.factories import ProductFactory, UserFactory, order_payload, token_for
 from tests.helpers import place, timeline, wait_for, wait_for_order
 
 pytestmark = pytest.mark.brokers
@@ -54,7 +54,7 @@ def test_every_step_run_again_changes_nothing(live_api, mug, ledger):
 
 def test_ten_orders_race_for_the_last_unit_and_one_wins(pipeline, transactional_db):
     ProductFactory(sku="LAST-1", stock=1)
-    tokens = [TokenFactory(user=UserFactory()) for _ in range(10)]
+    tokens = [token_for(user=UserFactory()) for _ in range(10)]
 
     def order_as(token):
         import requests
@@ -62,7 +62,7 @@ def test_ten_orders_race_for_the_last_unit_and_one_wins(pipeline, transactional_
         return requests.post(
             f"{pipeline.url}/api/orders/",
             json=order_payload(("LAST-1", 1)),
-            headers={"Authorization": f"Token {token.key}"},
+            headers={"Authorization": f"Bearer {token.key}"},
             timeout=15,
         )
 

@@ -11,11 +11,11 @@ import schemathesis
 from schemathesis.engine import events, from_schema
 from schemathesis.engine.statistic import Statistic
 
+from orders.models import API_SCOPES
+from orders.oauth import api_client_create
 from tests.factories import ProductFactory, UserFactory
 
 OPERATIONS = {
-    ("POST", "/api/auth/token/"): "auth_token_create",
-    ("POST", "/api/auth/logout/"): "auth_logout",
     ("GET", "/api/products/"): "products_list",
     ("GET", "/api/orders/"): "orders_list",
     ("POST", "/api/orders/"): "orders_create",
@@ -45,28 +45,29 @@ def test_the_schema_lists_every_endpoint(schema):
     assert {(m, p): op["operationId"] for m, p, op in operations(schema)} == OPERATIONS
 
 
-def test_every_order_endpoint_requires_the_token_header(schema):
-    assert schema["components"]["securitySchemes"]["tokenAuth"] == {
-        "type": "apiKey",
-        "in": "header",
-        "name": "Authorization",
-        "description": 'Token-based authentication with required prefix "Token"',
+SCOPES = {
+    "products_list": "products:read",
+    "orders_list": "orders:read",
+    "orders_create": "orders:write",
+    "orders_retrieve": "orders:read",
+    "orders_cancel": "orders:write",
+}
+
+
+def test_the_schema_declares_the_client_credentials_flow_and_each_operations_scope(schema):
+    assert schema["components"]["securitySchemes"] == {
+        "oauth2": {
+            "type": "oauth2",
+            "flows": {"clientCredentials": {"tokenUrl": "/api/oauth/token/", "scopes": API_SCOPES}},
+        }
     }
     for method, path, operation in operations(schema):
         security = operation.get("security", [])
-        if operation["operationId"] in (
-            "auth_token_create",
-            "webhooks_stripe",
-            "webhooks_easypost",
-        ):
+        if operation["operationId"] in ("webhooks_stripe", "webhooks_easypost"):
             assert security == []  # the webhook is authenticated by its signature
-        elif operation["operationId"] == "products_list":
-            assert {
-                "tokenAuth": []
-            } in security and {} in security  # public; a sent token is checked
         else:
-            assert {"tokenAuth": []} in security and {} not in security, (method, path)
-            assert "401" in operation["responses"], (method, path)
+            assert security == [{"oauth2": [SCOPES[operation["operationId"]]]}], (method, path)
+            assert {"401", "403"} <= set(operation["responses"]), (method, path)
 
 
 def test_every_error_response_is_described_with_the_error_shape(schema):
@@ -142,12 +143,11 @@ def fuzz_target(live_server, transactional_db, settings):
         "DEFAULT_THROTTLE_RATES": {
             "order_create": "100000/min",
             "order_create_anon": "100000/min",
-            "auth_token": "100000/min",
         },
     }
-    UserFactory(username="fuzzer")  # password: secret-pass-123
+    issued = api_client_create(user=UserFactory(username="fuzzer"), scopes=list(API_SCOPES))
     ProductFactory(sku="MUG-001", price=Decimal("12.50"), stock=1_000_000)
-    return live_server.url
+    return live_server.url, (issued.client.client_id, issued.client_secret)
 
 
 def fuzz_config() -> schemathesis.Config:
@@ -161,8 +161,8 @@ def fuzz_config() -> schemathesis.Config:
             "cache": {"enabled": False},
             "generation": {"max-examples": MAX_EXAMPLES, "mode": "all", "database": "none"},
             "phases": {"stateful": {"max-steps": 10}},
-            # Every check. Two operations refuse data the schema cannot describe: an unknown SKU
-            # (the catalogue lives in the database) and wrong credentials are 400s, a reused
+            # Every check. Some operations refuse data the schema cannot describe: an unknown SKU
+            # (the catalogue lives in the database) is a 400, a reused
             # Idempotency-Key with another body is a 422, and a webhook without Stripe's
             # signature is a 400. Those statuses are documented; allowing
             # them here is what schemathesis prescribes for such rules (`st explain ST202`).
@@ -173,12 +173,6 @@ def fuzz_config() -> schemathesis.Config:
                         "positive_data_acceptance": {
                             "expected-statuses": ["2xx", "400", "401", "409", "422", "429"]
                         }
-                    },
-                },
-                {
-                    "include-operation-id": "auth_token_create",
-                    "checks": {
-                        "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "429"]}
                     },
                 },
                 # The providers' signatures cover bytes the fuzzer cannot sign: every call is
@@ -199,24 +193,26 @@ def fuzz_config() -> schemathesis.Config:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fuzzing_every_operation_finds_no_server_error_and_no_schema_violation(fuzz_target):
+    fuzz_target, credentials = fuzz_target
     schema = schemathesis.openapi.from_url(f"{fuzz_target}/api/schema/", config=fuzz_config())
 
-    @schema.auth(refresh_interval=None)
+    @schema.auth()
     class CustomerToken:
-        """A valid token on every request, fetched from the API the way a client would: the
-        fuzzer calls logout too, which revokes the token it was using."""
+        """A token with every scope, from the token endpoint the way a shop's server gets one
+        (client credentials, HTTP Basic); schemathesis fetches it once and reuses it."""
 
         def get(self, case, context):
             response = requests.post(
-                f"{fuzz_target}/api/auth/token/",
+                f"{fuzz_target}/api/oauth/token/",
                 timeout=10,
-                json={"username": "fuzzer", "password": "secret-pass-123"},
+                data={"grant_type": "client_credentials"},
+                auth=credentials,
             )
             response.raise_for_status()
-            return response.json()["token"]
+            return response.json()["access_token"]
 
         def set(self, case, data, context):
-            case.headers = {**(case.headers or {}), "Authorization": f"Token {data}"}
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
     statistic, errors, tested, statuses = Statistic(), [], set(), Counter()
     finished = None

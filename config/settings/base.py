@@ -1,5 +1,6 @@
 """Settings shared by every environment. Everything that differs comes from the environment."""
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,17 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "orders.apps.OrdersAdminConfig",  # django.contrib.admin, on our site (second factor)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "oauth2_provider",
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_results",
@@ -44,8 +48,11 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # request.user.is_verified(): the admin's second factor
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as its documentation asks: it turns a lock-out raised by sign-in into the answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -117,6 +124,50 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    # First, so that a locked-out username is refused before its password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Sign-in lock-out (orders/signin.py): LOGIN_FAILURE_LIMIT failures within
+# LOGIN_LOCKOUT_MINUTES lock that username (admin) or client id (token endpoint) for as long.
+# By name, not address: an attacker rotating addresses still hits the limit.
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username"]
+AXES_HTTP_RESPONSE_CODE = 429
+# axes.W006 asks to lock by address too. Locking by address would lock out every shop behind
+# one NAT, or every client of one shop's server, after five mistakes; the name is what is
+# being guessed, and it is locked whatever address the guesses come from.
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+# Staff sign in to the admin with a second factor (django-otp, TOTP) where this is on:
+# production turns it on by default; local runs (seed_demo's admin) and tests leave it off.
+ADMIN_REQUIRE_OTP = env.bool("ADMIN_REQUIRE_OTP", default=False)
+OTP_TOTP_ISSUER = "Order pipeline"
+
+# --- OAuth 2.0 (the API's clients: orders/oauth.py) ------------------------------------
+OAUTH_ACCESS_TOKEN_SECONDS = env.int("OAUTH_ACCESS_TOKEN_SECONDS", default=3600)
+OAUTH2_PROVIDER_APPLICATION_MODEL = "orders.ApiClient"
+OAUTH2_PROVIDER = {
+    "ACCESS_TOKEN_EXPIRE_SECONDS": OAUTH_ACCESS_TOKEN_SECONDS,
+    "SCOPES_BACKEND_CLASS": "orders.oauth.ClientScopes",
+    "OAUTH2_VALIDATOR_CLASS": "orders.oauth.OAuth2Validator",
+    # Tokens are stored as their SHA-256 only (RFC 9700 2.1.1): a copy of the table
+    # authenticates nobody. Client secrets are hashed too (the library's default).
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    # The rest of RFC 9700 as well (the library's 4.0 defaults): only client credentials are
+    # used here, and every other grant's weaker options stay shut.
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,  # never a token in a query string
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    "COMPLIANT_BCP_RFC9700_REDIRECT_URI_SCHEME": True,
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
+}
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -127,8 +178,9 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # --- REST framework ---------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        # Bearer tokens from POST /api/oauth/token/ only: a staff member's admin session does
+        # not open the API (no cookie-authenticated writes, so no CSRF surface either).
+        "oauth2_provider.contrib.rest_framework.OAuth2Authentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # JSON only: anything else is a 415, not a guess.
@@ -141,7 +193,6 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "order_create": env("THROTTLE_ORDER_CREATE_RATE", default="120/min"),
         "order_create_anon": env("THROTTLE_ORDER_CREATE_ANON_RATE", default="20/min"),
-        "auth_token": env("THROTTLE_AUTH_TOKEN_RATE", default="20/min"),
     },
     # Anonymous clients are throttled by address. With None, DRF takes X-Forwarded-For as the
     # address, which any client can write, and so rotate past the limits. Behind N proxies
@@ -163,6 +214,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Shops' servers get tokens with the client-credentials flow; each operation lists the
+    # scope it needs (drf-spectacular's django-oauth-toolkit extension reads the views).
+    "OAUTH2_FLOWS": ["clientCredentials"],
+    "OAUTH2_TOKEN_URL": "/api/oauth/token/",
 }
 # Largest request body the API accepts (413 above it). 100 lines of an order fit in ~20 KB.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=256 * 1024)
@@ -349,6 +404,7 @@ CELERY_TASK_ROUTES = {
     "orders.sweep_stalled_orders": {"queue": "orders.maintenance"},
     "orders.relay_dispatches": {"queue": "orders.maintenance"},
     "orders.purge_idempotency_keys": {"queue": "orders.maintenance"},
+    "orders.clear_expired_tokens": {"queue": "orders.maintenance"},
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-stalled-orders": {
@@ -364,6 +420,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "purge-idempotency-keys": {
         "task": "orders.purge_idempotency_keys",
+        "schedule": 3600.0,
+    },
+    "clear-expired-tokens": {
+        "task": "orders.clear_expired_tokens",
         "schedule": 3600.0,
     },
 }

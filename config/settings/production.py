@@ -30,6 +30,10 @@ EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 LOGGING = copy.deepcopy(BASE_LOGGING)
 LOGGING["handlers"]["console"]["formatter"] = env("LOG_FORMAT", default="json")
 
+# Staff sign in to the admin with a password and a TOTP code (django-otp); a staff member's
+# device is added with `python manage.py staff_totp_create --username <name>`.
+ADMIN_REQUIRE_OTP = env.bool("ADMIN_REQUIRE_OTP", default=True)
+
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
 SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=31536000)

@@ -91,11 +91,6 @@ class OrderCreateInputSerializer(serializers.Serializer):
         return resolved
 
 
-class TokenInputSerializer(serializers.Serializer):
-    username = StrictCharField(max_length=150)
-    password = StrictCharField(max_length=128, trim_whitespace=False)
-
-
 # --- Output ---------------------------------------------------------------------------------------
 class ProductOutputSerializer(serializers.ModelSerializer):
     stock_available = serializers.IntegerField(source="stock")

@@ -51,14 +51,3 @@ class OrderCreateUserThrottle(PostOnlyMixin, FailOpenMixin, SettingsRateMixin, U
 
 class OrderCreateAnonThrottle(PostOnlyMixin, FailOpenMixin, SettingsRateMixin, AnonRateThrottle):
     scope = "order_create_anon"
-
-
-class AuthTokenThrottle(FailOpenMixin, SettingsRateMixin, AnonRateThrottle):
-    """Per client address, whoever it claims to be: slows password guessing. The address is
-    REMOTE_ADDR, or the one the last NUM_PROXIES trusted proxies saw: never an
-    X-Forwarded-For the client wrote itself."""
-
-    scope = "auth_token"
-
-    def get_cache_key(self, request: Request, view: Any) -> str:
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -1,11 +1,11 @@
 from django.urls import path
 
-from . import views
+from . import oauth, views
 
 app_name = "orders"
 urlpatterns = [
-    path("auth/token/", views.TokenView.as_view(), name="token"),
-    path("auth/logout/", views.LogoutView.as_view(), name="logout"),
+    path("oauth/token/", oauth.TokenView.as_view(), name="oauth-token"),
+    path("oauth/revoke/", oauth.RevokeTokenView.as_view(), name="oauth-revoke"),
     path("products/", views.ProductListView.as_view(), name="product-list"),
     path("orders/", views.OrderListCreateView.as_view(), name="order-list"),
     path("orders/<uuid:order_id>/", views.OrderDetailView.as_view(), name="order-detail"),

@@ -5,7 +5,6 @@ from typing import cast
 from uuid import UUID
 
 import structlog
-from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.urls import reverse
@@ -17,7 +16,6 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
-from rest_framework.authtoken.models import Token
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -28,13 +26,13 @@ from .. import carrier_events, idempotency, payment_events, selectors
 from ..errors import ApplicationError
 from ..services import order_cancel, order_create
 from ..state import Actor
+from .oauth import ScopeRequired, scopes
 from .serializers import (
     OrderCreateInputSerializer,
     OrderOutputSerializer,
     ProductOutputSerializer,
-    TokenInputSerializer,
 )
-from .throttles import AuthTokenThrottle, OrderCreateAnonThrottle, OrderCreateUserThrottle
+from .throttles import OrderCreateAnonThrottle, OrderCreateUserThrottle
 
 ErrorSerializer = inline_serializer(
     name="Error",
@@ -53,7 +51,8 @@ ErrorSerializer = inline_serializer(
 
 ERROR_DESCRIPTIONS = {
     400: "Invalid input: `fields` holds the errors per field.",
-    401: "No valid token.",
+    401: "No valid token: send `Authorization: Bearer <access token>`.",
+    403: "The token lacks the scope this operation needs.",
     404: "Not found.",
     409: "Conflict with the order's state, or an Idempotency-Key still in flight.",
     413: "Request body too large.",
@@ -64,7 +63,7 @@ ERROR_DESCRIPTIONS = {
 
 
 def _user(request: Request) -> User:
-    # The order and logout views require IsAuthenticated: the user is a real one.
+    # The order views require IsAuthenticated: the user is a real one.
     return cast(User, request.user)
 
 
@@ -87,7 +86,8 @@ def error_headers(*codes: int) -> list[OpenApiParameter]:
                 OpenApiParameter.HEADER,
                 required=True,
                 response=[401],
-                description="`Token`: send `Authorization: Token <token>`.",
+                description="`Bearer`: send `Authorization: Bearer <access token>`, a token from "
+                "`POST /api/oauth/token/`.",
             )
         )
     if 429 in codes:
@@ -108,65 +108,19 @@ BAD_PAGE = "No such page (`page` beyond the last, or not a positive integer)."
 NOT_YOURS = "No such order, or not yours."
 
 
-class TokenView(APIView):
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
-    throttle_classes = [AuthTokenThrottle]
-
-    @extend_schema(
-        operation_id="auth_token_create",
-        description="Exchange a username and password for a token, to send as "
-        "`Authorization: Token <token>`. Wrong credentials are a 400, whatever was wrong. "
-        "Throttled per client address.",
-        request=TokenInputSerializer,
-        responses={
-            200: inline_serializer("Token", {"token": serializers.CharField()}),
-            **errors(400, 413, 415, 429),
-        },
-        parameters=error_headers(429),
-        auth=[],
-    )
-    def post(self, request: Request) -> Response:
-        data = TokenInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        user = authenticate(request, **data.validated_data)
-        if user is None or not user.is_active:
-            raise ApplicationError(
-                "Unable to log in with the given username and password.", code="invalid_credentials"
-            )
-        token, _ = Token.objects.get_or_create(user=user)
-        return Response({"token": token.key})
-
-
-# The order endpoints name IsAuthenticated themselves rather than lean on the default in
-# settings: a change there must not open them.
-class LogoutView(APIView):
-    """Revoke the token the request was made with."""
-
-    permission_classes = [IsAuthenticated]
-
-    @extend_schema(
-        operation_id="auth_logout",
-        description="Revoke the token this request is made with.",
-        request=None,
-        responses={204: None, **errors(401)},
-        parameters=error_headers(401),
-    )
-    def post(self, request: Request) -> Response:
-        Token.objects.filter(user=_user(request)).delete()
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-
+# Each endpoint names its scope (ScopeRequired) beside IsAuthenticated, rather than lean on the
+# defaults in settings: a change there must not open them.
 class ProductListView(GenericAPIView):
-    permission_classes = [AllowAny]
+    permission_classes = [IsAuthenticated, ScopeRequired]
+    required_alternate_scopes = scopes(GET="products:read")
     serializer_class = ProductOutputSerializer
 
     @extend_schema(
         operation_id="products_list",
-        description="The active catalogue. No token needed; a token that is sent must be valid.",
+        description="The active catalogue.",
         responses={
             200: ProductOutputSerializer(many=True),
-            **errors(401, 404, descriptions={404: BAD_PAGE}),
+            **errors(401, 403, 404, descriptions={404: BAD_PAGE}),
         },
         parameters=error_headers(401),
     )
@@ -186,7 +140,8 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 
 
 class OrderListCreateView(GenericAPIView):
-    permission_classes = [IsAuthenticated]
+    permission_classes = [IsAuthenticated, ScopeRequired]
+    required_alternate_scopes = scopes(GET="orders:read", POST="orders:write")
     serializer_class = OrderOutputSerializer
     throttle_classes = [OrderCreateUserThrottle, OrderCreateAnonThrottle]
 
@@ -206,7 +161,7 @@ class OrderListCreateView(GenericAPIView):
         description="Your orders, newest first; staff see everyone's.",
         responses={
             200: OrderOutputSerializer(many=True),
-            **errors(401, 404, descriptions={404: BAD_PAGE}),
+            **errors(401, 403, 404, descriptions={404: BAD_PAGE}),
         },
         parameters=error_headers(401),
     )
@@ -262,7 +217,7 @@ class OrderListCreateView(GenericAPIView):
         ],
         responses={
             201: OpenApiResponse(OrderOutputSerializer, description="Accepted, `pending`."),
-            **errors(400, 401, 409, 413, 415, 422, 429),
+            **errors(400, 401, 403, 409, 413, 415, 422, 429),
         },
     )
     def post(self, request: Request) -> Response:
@@ -302,13 +257,17 @@ class OrderListCreateView(GenericAPIView):
 
 
 class OrderDetailView(APIView):
-    permission_classes = [IsAuthenticated]
+    permission_classes = [IsAuthenticated, ScopeRequired]
+    required_alternate_scopes = scopes(GET="orders:read")
 
     @extend_schema(
         operation_id="orders_retrieve",
         description="One order with its timeline. Another user's order is a 404, as if it did "
         "not exist.",
-        responses={200: OrderOutputSerializer, **errors(401, 404, descriptions={404: NOT_YOURS})},
+        responses={
+            200: OrderOutputSerializer,
+            **errors(401, 403, 404, descriptions={404: NOT_YOURS}),
+        },
         parameters=error_headers(401),
     )
     def get(self, request: Request, order_id: UUID) -> Response:
@@ -320,7 +279,8 @@ class OrderDetailView(APIView):
 
 
 class OrderCancelView(APIView):
-    permission_classes = [IsAuthenticated]
+    permission_classes = [IsAuthenticated, ScopeRequired]
+    required_alternate_scopes = scopes(POST="orders:write")
 
     @extend_schema(
         operation_id="orders_cancel",
@@ -329,7 +289,7 @@ class OrderCancelView(APIView):
         request=None,
         responses={
             200: OrderOutputSerializer,
-            **errors(401, 404, 409, descriptions={404: NOT_YOURS}),
+            **errors(401, 403, 404, 409, descriptions={404: NOT_YOURS}),
         },
         parameters=error_headers(401),
     )

@@ -5,9 +5,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
-from orders.models import Product
+from orders.models import API_SCOPES, ApiClient, Product
+from orders.oauth import api_client_create, api_client_secret_reset
 
 DEMO_PRODUCTS = [
     ("MUG-001", "Enamel mug", Decimal("12.50"), 100, 350),
@@ -18,10 +18,14 @@ DEMO_PRODUCTS = [
 ]
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo-password"
+DEMO_CLIENT_NAME = "demo shop server"
 
 
 class Command(BaseCommand):
-    help = "Create the demo products and the demo user (a second run leaves them as they are)."
+    help = (
+        "Create the demo products, the demo user and its API client (a second run leaves them "
+        "as they are, but gives the client a new secret: only a hash of it is kept)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--base-url", default="http://127.0.0.1:8000")
@@ -50,13 +54,26 @@ class Command(BaseCommand):
         if settings.DEBUG and not User.objects.filter(username="admin").exists():
             User.objects.create_superuser("admin", "admin@example.com", "admin")
             self.stdout.write("Admin: http://127.0.0.1:8000/admin/  (admin / admin - change it)")
-        token, _ = Token.objects.get_or_create(user=user)
+        client = ApiClient.objects.filter(user=user, name=DEMO_CLIENT_NAME).first()
+        if client is None:
+            issued = api_client_create(user=user, scopes=list(API_SCOPES), name=DEMO_CLIENT_NAME)
+        else:
+            issued = api_client_secret_reset(client=client)
         self.stdout.write(f"Demo user: {DEMO_USERNAME} / {DEMO_PASSWORD}")
-        self.stdout.write(f"Demo token: {token.key}")
+        self.stdout.write(
+            f"Demo API client: {issued.client.client_id} / {issued.client_secret} "
+            "(scopes: " + " ".join(issued.client.scopes) + ")"
+        )
+        self.stdout.write("Get a token (it lives OAUTH_ACCESS_TOKEN_SECONDS):")
+        self.stdout.write(
+            f"  TOKEN=$(curl -s -u {issued.client.client_id}:{issued.client_secret} "
+            f"-d grant_type=client_credentials {base_url}/api/oauth/token/ "
+            "| python3 -c 'import json, sys; print(json.load(sys.stdin)[\"access_token\"])')"
+        )
         self.stdout.write("Place an order:")
         self.stdout.write(
             f"  curl -s -X POST {base_url}/api/orders/ "
-            f"-H 'Authorization: Token {token.key}' -H 'Content-Type: application/json' "
+            "-H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
             '-d \'{"lines": [{"sku": "MUG-001", "quantity": 2}], '
             '"shipping_address": {"name": "Ada Lovelace", "line1": "1 Main St", '
             '"city": "London", "postal_code": "N1 9GU", "country": "GB"}, '
@@ -72,5 +89,5 @@ class Command(BaseCommand):
         )
         self.stdout.write("Then follow it (use the id from the answer):")
         self.stdout.write(
-            f"  curl -s {base_url}/api/orders/<id>/ -H 'Authorization: Token {token.key}'"
+            f'  curl -s {base_url}/api/orders/<id>/ -H "Authorization: Bearer $TOKEN"'
         )
