@@ -4,7 +4,8 @@ Orders, their payment, shipment, reservations and timeline are read-only for eve
 user, superusers included. Staff change orders only through the actions below, which call
 the same services as the API and the sweep and write a timeline entry naming the staff user;
 each action needs its own permission (orders.cancel_order, orders.resume_order,
-orders.fail_order). Stock changes only by adjustment (+n / -n), applied with an F() update.
+orders.fail_order). Stock changes only by adjustment (+n / -n), applied with an F() update,
+by staff with orders.add_stockadjustment.
 """
 
 from __future__ import annotations
@@ -106,6 +107,18 @@ class ProductAdmin(admin.ModelAdmin):
     )
     inlines = [StockAdjustmentInline]
 
+    @staticmethod
+    def _may_adjust(request: HttpRequest) -> bool:
+        # Editing the catalogue (names, prices) and counting stock are different jobs: the
+        # adjustment needs its own permission, not just change_product.
+        return bool(request.user.has_perm("orders.add_stockadjustment"))
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = super().get_fields(request, obj)
+        if self._may_adjust(request):
+            return fields
+        return [f for f in fields if f not in ("adjust_stock", "adjust_reason")]
+
     def save_model(
         self, request: HttpRequest, obj: Product, form: forms.ModelForm, change: bool
     ) -> None:
@@ -116,7 +129,9 @@ class ProductAdmin(admin.ModelAdmin):
             changed = [f for f in form.changed_data if f in ProductForm.Meta.fields]
             if changed:
                 obj.save(update_fields=[*changed, "updated_at"])
-        delta = form.cleaned_data.get("adjust_stock")
+        # The form class keeps its declared fields when the page hides them: a posted
+        # adjustment is ignored, not applied, without the permission.
+        delta = form.cleaned_data.get("adjust_stock") if self._may_adjust(request) else None
         if delta:
             try:
                 adjustment = services.product_stock_adjust(

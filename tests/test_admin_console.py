@@ -160,7 +160,7 @@ def test_a_list_save_keeps_reservations_made_after_the_page_loaded(admin_client,
 
 
 def test_stock_is_adjusted_by_a_delta_and_recorded(client, db):
-    staff = _staff(client, "view_product", "change_product")
+    staff = _staff(client, "view_product", "change_product", "add_stockadjustment")
     product = ProductFactory(sku="CAP-001", stock=10)
     url = reverse("admin:orders_product_change", args=[product.pk])
     fields = {
@@ -180,6 +180,33 @@ def test_stock_is_adjusted_by_a_delta_and_recorded(client, db):
     [adjustment] = StockAdjustment.objects.filter(product=product)
     assert (adjustment.delta, adjustment.stock_after, adjustment.user) == (5, 12, staff)
     assert "Cannot take 20 unit(s): only 12 in stock." in page
+
+
+def test_a_catalogue_editor_without_the_adjustment_permission_cannot_adjust_stock(client, db):
+    _staff(client, "view_product", "change_product")
+    product = ProductFactory(sku="CAP-001", name="Cap", stock=10)
+    url = reverse("admin:orders_product_change", args=[product.pk])
+
+    html = client.get(url).content.decode()
+    # A hand-made post: the page offers no such field.
+    response = client.post(
+        url,
+        {
+            "sku": "CAP-001",
+            "name": "Blue cap",
+            "price": "10.00",
+            "currency": "EUR",
+            "weight_grams": "120",
+            "is_active": "on",
+            "adjust_stock": "+5",
+        },
+    )
+
+    assert 'name="adjust_stock"' not in html
+    assert response.status_code == 302
+    product.refresh_from_db()
+    assert (product.name, product.stock) == ("Blue cap", 10)
+    assert not StockAdjustment.objects.exists()
 
 
 def _queries(client, url: str) -> int:
