@@ -1,4 +1,4 @@
-"""The staff groups made by orders/migrations/0009_staff_groups.py, as their members meet
+"""The staff groups made by orders/migrations/0011_staff_groups.py, as their members meet
 them in the admin: each staff user here is in one group only, never a superuser, and does
 a day's work (support cancels, operations resumes and fails, inventory counts stock) and
 nothing more."""
@@ -340,7 +340,7 @@ def test_no_group_may_delete_anything(db, group):
 
 
 def test_the_migration_can_be_reversed_and_run_again(db):
-    migration = importlib.import_module("orders.migrations.0009_staff_groups")
+    migration = importlib.import_module("orders.migrations.0011_staff_groups")
     editor = SimpleNamespace(connection=connection)
 
     def table():

@@ -68,7 +68,7 @@ def delete_groups(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("orders", "0008_easypost_shipping"),
+        ("orders", "0010_remove_authtoken"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
         # TaskResult's permissions: the model exists from the first migration on.
