@@ -493,12 +493,19 @@ class Stack:
             self.beat.wait_ready(lambda: "beat: Starting..." in self.beat.log(), timeout=timeout)
         return self
 
-    def start_flower(self, *, credentials: str = "user:pass", timeout: float = 60) -> str:
+    def start_flower(
+        self,
+        *,
+        credentials: str = "user:pass",
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+    ) -> str:
         """Flower on a private port behind the project's authenticating proxy, as the
-        Procfile runs them; returns the proxy's URL. Started before the orders it should see:
+        Procfile runs them, with `env` on top of the stack's environment (e.g. a broker user
+        of its own); returns the proxy's URL. Started before the orders it should see:
         Flower learns of tasks from their events."""
         private, public = free_port(), free_port()
-        env = {**self.env(), "FLOWER_BASIC_AUTH": credentials}
+        env = {**self.env(), **(env or {}), "FLOWER_BASIC_AUTH": credentials}
         flower = Proc(
             "flower",
             [

@@ -3,7 +3,9 @@ concurrent runs never share a queue), and a restart of the broker for the tests 
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 import time
 from urllib.parse import unquote, urlsplit
 
@@ -52,3 +54,24 @@ def start_app(*, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("RabbitMQ's port did not answer after start_app")
         time.sleep(0.2)
+
+
+def import_definitions(definitions: str) -> None:
+    """Load definitions (JSON: virtual hosts, users, permissions) as the broker does at boot
+    with `load_definitions`. From a file anyone may read: rabbitmqctl may run as the broker's
+    own user. The import goes on after this returns."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        file.write(definitions)
+        file.flush()
+        os.chmod(file.name, 0o644)
+        _ctl("import_definitions", file.name)
+
+
+def user_names() -> list[str]:
+    lines = _ctl("list_users", "--quiet", "--no-table-headers").splitlines()
+    return [line.split("\t")[0] for line in lines if line.strip()]
+
+
+def user_delete(name: str) -> None:
+    if name in user_names():
+        _ctl("delete_user", name)

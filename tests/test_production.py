@@ -364,6 +364,25 @@ def test_flowers_whole_surface_needs_credentials_through_the_proxy(flower_behind
     for path in ("/", "/tasks", "/api/workers", "/metrics", "/healthcheck"):
         assert requests.get(url + path, timeout=10).status_code == 401, path
         assert requests.get(url + path, auth=("user", "wrong"), timeout=10).status_code == 401
+    # Every method on every path, those that command workers or send tasks included, is
+    # answered by the proxy itself ("Authentication required"), never passed to Flower.
+    paths = (
+        "/api/tasks",
+        "/api/task/info/x",
+        "/api/task/async-apply/orders.charge_payment",
+        "/api/task/revoke/x",
+        "/api/worker/shutdown/w1@host",
+        "/api/worker/pool/restart/w1@host",
+        "/worker/w1@host",
+        "/static/css/flower.css",
+        "/no-such-page",
+    )
+    for path in paths:
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+            response = requests.request(method, url + path, timeout=10)
+            assert response.status_code == 401, (method, path)
+            assert response.text == "Authentication required", (method, path)
+        assert requests.head(url + path, timeout=10).status_code == 401, path
     assert requests.get(url + "/", auth=("user", "pass"), timeout=10).status_code == 200
     metrics = requests.get(url + "/metrics", auth=("user", "pass"), timeout=10)
     assert metrics.status_code == 200 and "flower_" in metrics.text

@@ -98,6 +98,9 @@ def database_from_env(default: str | None = None) -> dict:
     return database
 
 
+# Web, workers and beat connect as a role that reads and writes rows and changes no table;
+# `manage.py migrate` connects as the owner, MIGRATION_DATABASE_URL, in DATABASE_URL's place
+# (manage.py; README, "Least privilege").
 DATABASES = {"default": database_from_env(f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
