@@ -274,10 +274,10 @@ def _pipeline(args, env: dict, port: int) -> None:
 
     access_log = f"/tmp/bench-access-{port}.log"
     procs = [_start_web(port, env, access_log=access_log), _start_worker(args.concurrency, env)]
-    tokens = _tokens(PLACING_CLIENTS)
     payload = order_payload(("BENCH-A", 1), ("BENCH-B", 1))
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz")
+        tokens = _tokens(PLACING_CLIENTS, f"http://127.0.0.1:{port}")
         time.sleep(3)  # the worker's pool
         before = _costs(procs, access_log)
         start = time.monotonic()
@@ -431,12 +431,12 @@ def _api(args, env: dict, port: int) -> None:
     procs = [_start_web(port, env)]
     if args.what == "api-busy":
         procs.append(_start_worker(args.concurrency, env))
-    tokens = _tokens(max(API_CLIENTS))
     url = f"http://127.0.0.1:{port}/api/orders/"
     payload = order_payload(("BENCH-A", 1), ("BENCH-B", 1))
     rows = []
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz")
+        tokens = _tokens(max(API_CLIENTS), f"http://127.0.0.1:{port}")
         time.sleep(3)
         for clients in API_CLIENTS:
             row = _api_round(url, payload, tokens[:clients])
@@ -486,16 +486,29 @@ def _api_round(url: str, payload: dict, tokens: list[str]) -> dict:
     }
 
 
-def _tokens(count: int) -> list[str]:
+def _tokens(count: int, base_url: str) -> list[str]:
+    """One OAuth client per bench shop, each with a token from the token endpoint (client
+    credentials), as a shop's server gets it: every request then pays the token lookup."""
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
+
+    from orders.models import API_SCOPES, ApiClient
+    from orders.oauth import api_client_create, api_client_secret_reset
+    from tests.helpers import client_credentials_token
 
     tokens = []
     for i in range(count):
         user, _ = get_user_model().objects.get_or_create(
             username=f"bench-client-{i}", defaults={"email": f"client{i}@example.com"}
         )
-        tokens.append(Token.objects.get_or_create(user=user)[0].key)
+        client = ApiClient.objects.filter(user=user).first()
+        issued = (
+            api_client_secret_reset(client=client)
+            if client
+            else api_client_create(user=user, scopes=list(API_SCOPES))
+        )
+        tokens.append(
+            client_credentials_token(base_url, issued.client.client_id, issued.client_secret)
+        )
     return tokens
 
 

@@ -124,6 +124,18 @@ def reason_codes(order: Any) -> list[str]:
     return list(order.events.order_by("at", "id").values_list("reason_code", flat=True))
 
 
+def client_credentials_token(base_url: str, client_id: str, client_secret: str) -> str:
+    """An access token from the token endpoint, the way a shop's server gets one."""
+    response = requests.post(
+        f"{base_url}/api/oauth/token/",
+        data={"grant_type": "client_credentials"},
+        auth=(client_id, client_secret),
+        timeout=15,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
 def api_session(token: str, base_url: str = "") -> requests.Session:
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"

@@ -262,8 +262,10 @@ def test_a_body_over_the_limit_is_a_413(refused):
 
 def test_the_body_limit_holds_on_every_api_endpoint(client, db):
     before = db_state()
-    body = json.dumps({"username": "x" * settings.API_MAX_BODY_BYTES, "password": "p"})
-    response = client.post("/api/auth/token/", body, content_type="application/json")
+    body = f"grant_type=client_credentials&client_id={'x' * settings.API_MAX_BODY_BYTES}"
+    response = client.post(
+        "/api/oauth/token/", body, content_type="application/x-www-form-urlencoded"
+    )
     assert_error(response, 413, "request_too_large")
     assert db_state() == before
 

@@ -4,27 +4,30 @@ processes, a real SMTP server, and an order taken to `completed` over HTTP."""
 import time
 
 import pytest
-import requests
 
 from orders.models import Product
+from orders.oauth import api_client_create
 from tests.factories import ProductFactory, UserFactory, order_payload
-from tests.helpers import NO_PAYMENT_EXTRAS, api_session, gateway_ledger, wait_for
+from tests.helpers import (
+    NO_PAYMENT_EXTRAS,
+    api_session,
+    client_credentials_token,
+    gateway_ledger,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
 
 def test_an_order_placed_over_http_is_completed_by_a_worker_process(stack_factory):
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
-    UserFactory(username="ada", email="ada@example.com", password="secret-pass-123")
+    ada = UserFactory(username="ada", email="ada@example.com")
+    issued = api_client_create(user=ada, scopes=["orders:read", "orders:write"])
     stack = stack_factory(workers=1)
 
-    response = requests.post(
-        f"{stack.web_url}/api/auth/token/",
-        json={"username": "ada", "password": "secret-pass-123"},
-        timeout=10,
+    api = api_session(
+        client_credentials_token(stack.web_url, issued.client.client_id, issued.client_secret)
     )
-    assert response.status_code == 200, response.text
-    api = api_session(response.json()["token"])
 
     response = api.post(
         f"{stack.web_url}/api/orders/", json=order_payload(("MUG-001", 2)), timeout=10

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.factories import order_payload
-from tests.helpers import api_session, wait_for
+from tests.helpers import api_session, client_credentials_token, wait_for
 from tests.procs import ROOT
 
 ORDERS = 40
@@ -30,9 +30,9 @@ def test_two_workers_on_sqlite_finish_every_order(stack_factory, tmp_path):
         capture_output=True,
         text=True,
     ).stdout
-    token = re.search(r"Demo token: (\w+)", seeded).group(1)
+    client_id, secret = re.search(r"Demo API client: (\S+) / (\S+) ", seeded).groups()
     stack = stack_factory(env=sqlite_env, workers=2, concurrency=2)
-    api = api_session(token)
+    api = api_session(client_credentials_token(stack.web_url, client_id, secret))
     stock_before = _stock(api, stack.web_url)
 
     def place(i):
