@@ -26,7 +26,7 @@ migrate: install
 seed: migrate
 	$(BIN)/python manage.py seed_demo
 
-## make run: install, migrate, seed the demo data, print a token and a curl line,
+## make run: install, migrate, seed the demo data and API client, print the curl lines (token, order),
 ## then start web (8000), worker, beat and Flower (5555) from the Procfile.
 run: seed
 	rm -rf .prometheus  # metrics of an earlier run

@@ -52,6 +52,15 @@ class OAuth2Validator(BaseValidator):
         request.user = request.client.user
         return super()._create_access_token(expires, request, token, source_refresh_token)
 
+    def _load_access_token(self, token: str) -> AccessToken | None:
+        access_token = super()._load_access_token(token)
+        if access_token is not None and access_token.application is not None:
+            # The library asks the client whether it is usable on every request, and ours asks
+            # its account (the token's own user, loaded with it): no second query for it.
+            if access_token.application.user_id == access_token.user_id:
+                access_token.application.user = access_token.user
+        return access_token
+
     def validate_bearer_token(self, token: str, scopes: list[str], request: Any) -> bool:
         if not super().validate_bearer_token(token, scopes, request):
             return False

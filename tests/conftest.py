@@ -6,7 +6,15 @@ from tests.services import ensure_services
 
 ensure_services()
 
-from tests.factories import ProductFactory, UserFactory, token_for  # noqa: E402
+from orders import steps  # noqa: E402
+from orders.models import OrderStatus, Product  # noqa: E402
+from tests.factories import (  # noqa: E402
+    OrderFactory,
+    OrderLineFactory,
+    ProductFactory,
+    UserFactory,
+    token_for,
+)
 from tests.helpers import api_session, gateway_ledger  # noqa: E402
 
 # The real-process harness (stack_factory) is a plugin: fixtures, not imports.
@@ -41,6 +49,18 @@ def api(token):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token.key}")
     return client
+
+
+@pytest.fixture
+def reserved_order(db):
+    """An order in `paying` whose line holds 2 of the product's 10 units."""
+    product = ProductFactory(sku="MUG-001", stock=10)
+    order = OrderFactory(status=OrderStatus.PENDING)
+    line = OrderLineFactory(order=order, product=product, quantity=2)
+    steps.reserve_line(order_id=order.id, line_id=line.id, attempt=1)
+    order.refresh_from_db()
+    assert order.status == "paying" and Product.objects.get(pk=product.pk).stock == 8
+    return order
 
 
 @pytest.fixture

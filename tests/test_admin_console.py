@@ -2,7 +2,6 @@
 call the same services as the API and the sweep, each with its own permission and a
 timeline entry naming the staff user; stock changes only by adjustment."""
 
-import pytest
 from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -33,18 +32,6 @@ def _act(client, action: str, *orders) -> str:
     )
     assert response.status_code == 200
     return response.content.decode()
-
-
-@pytest.fixture
-def reserved_order(db):
-    """An order in `paying` whose line holds 2 of the product's 10 units."""
-    product = ProductFactory(sku="MUG-001", stock=10)
-    order = OrderFactory(status=OrderStatus.PENDING)
-    line = OrderLineFactory(order=order, product=product, quantity=2)
-    steps.reserve_line(order_id=order.id, line_id=line.id, attempt=1)
-    order.refresh_from_db()
-    assert order.status == "paying" and Product.objects.get(pk=product.pk).stock == 8
-    return order
 
 
 def test_the_order_page_is_read_only_for_superusers_too(admin_client, reserved_order):

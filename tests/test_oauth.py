@@ -16,12 +16,12 @@ from django.utils import timezone
 from oauth2_provider.models import AccessToken
 from rest_framework.test import APIClient
 
-from orders import oauth, services
+from orders import oauth
 from orders.metrics import SIGN_IN_LOCKOUTS
 from orders.models import API_SCOPES, ApiClient, Order
 from orders.tasks import clear_expired_tokens
 from tests.api_fixtures import assert_error
-from tests.factories import ProductFactory, UserFactory, order_payload, token_for
+from tests.factories import OrderFactory, ProductFactory, UserFactory, order_payload, token_for
 
 TOKEN_URL = "/api/oauth/token/"
 REVOKE_URL = "/api/oauth/revoke/"
@@ -29,28 +29,6 @@ REVOKE_URL = "/api/oauth/revoke/"
 
 def basic(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-
-
-@pytest.fixture
-def order_of(django_capture_on_commit_callbacks):
-    product = ProductFactory(sku="MUG-001", stock=100)
-
-    def make(user) -> Order:
-        with django_capture_on_commit_callbacks(execute=False):
-            return services.order_create(
-                user=user,
-                lines=[{"product": product, "quantity": 1}],
-                shipping_address={
-                    "name": "A",
-                    "line1": "1 Main St",
-                    "city": "Berlin",
-                    "postal_code": "10115",
-                    "country": "DE",
-                },
-                payment_token="tok_ok",
-            )
-
-    return make
 
 
 @pytest.fixture
@@ -75,9 +53,9 @@ def bearer(token: str) -> APIClient:
 
 
 # --- The token endpoint -----------------------------------------------------------------------
-def test_a_client_gets_a_bearer_token_that_acts_for_its_account(client, user, issued, order_of):
-    mine = order_of(user)
-    order_of(UserFactory())
+def test_a_client_gets_a_bearer_token_that_acts_for_its_account(client, user, issued):
+    mine = OrderFactory(user=user)
+    OrderFactory()
 
     response = ask(client, issued)
 
@@ -205,9 +183,10 @@ ENDPOINTS = [
 
 @pytest.mark.parametrize(("method", "path", "scope"), ENDPOINTS)
 def test_every_endpoint_needs_its_scope(
-    user, method, path, scope, order_of, django_capture_on_commit_callbacks
+    user, method, path, scope, django_capture_on_commit_callbacks
 ):
-    order = order_of(user)
+    ProductFactory(sku="MUG-001", stock=10)
+    order = OrderFactory(user=user)
     url = path.format(id=order.pk)
     body = order_payload(("MUG-001", 1)) if url == "/api/orders/" else None
     without = bearer(token_for(user=user, scopes=[s for s in API_SCOPES if s != scope]).key)

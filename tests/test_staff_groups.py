@@ -13,7 +13,6 @@ from django.db import connection
 from django.urls import reverse
 from django_celery_results.models import TaskResult
 
-from orders import steps
 from orders.models import (
     Notification,
     Order,
@@ -53,18 +52,6 @@ def staff_in(client, db):
         return user
 
     return login
-
-
-@pytest.fixture
-def stuck_order(db):
-    """An order in `paying` whose line holds 2 of the product's 10 units."""
-    product = ProductFactory(sku="MUG-001", stock=10)
-    order = OrderFactory(status=OrderStatus.PENDING)
-    line = OrderLineFactory(order=order, product=product, quantity=2)
-    steps.reserve_line(order_id=order.id, line_id=line.id, attempt=1)
-    order.refresh_from_db()
-    assert order.status == "paying" and Product.objects.get(pk=product.pk).stock == 8
-    return order
 
 
 @pytest.fixture
@@ -144,15 +131,15 @@ def test_support_reads_an_order_with_its_payment_shipment_and_emails(
 
 
 def test_support_cancels_an_order_and_the_timeline_names_them(
-    client, staff_in, stuck_order, django_capture_on_commit_callbacks
+    client, staff_in, reserved_order, django_capture_on_commit_callbacks
 ):
     agent = staff_in("support")
 
     assert _offered_actions(client) == {"cancel_orders"}
     with django_capture_on_commit_callbacks() as sent:
-        page = _act(client, "cancel_orders", stuck_order)
+        page = _act(client, "cancel_orders", reserved_order)
 
-    order = Order.objects.get(pk=stuck_order.pk)
+    order = Order.objects.get(pk=reserved_order.pk)
     assert "Cancelled 1 order(s)" in page
     assert order.status == "cancelled"
     assert Product.objects.get(sku="MUG-001").stock == 10  # released
@@ -162,13 +149,13 @@ def test_support_cancels_an_order_and_the_timeline_names_them(
     assert len(dispatched(sent)) == 1  # the refund and the email, after the commit
 
 
-def test_support_cannot_resume_or_fail_an_order(client, staff_in, stuck_order):
+def test_support_cannot_resume_or_fail_an_order(client, staff_in, reserved_order):
     staff_in("support")
 
-    _act(client, "resume_orders", stuck_order)
-    _act(client, "fail_orders", stuck_order)
+    _act(client, "resume_orders", reserved_order)
+    _act(client, "fail_orders", reserved_order)
 
-    order = Order.objects.get(pk=stuck_order.pk)
+    order = Order.objects.get(pk=reserved_order.pk)
     assert order.status == "paying"
     assert not order.events.filter(actor_kind="staff").exists()
 
@@ -213,31 +200,31 @@ def test_operations_reads_an_order_its_task_results_and_provider_events(
     assert events.status_code == 200 and "evt_groups_1" in events.content.decode()
 
 
-def test_operations_resumes_a_stuck_order_and_the_timeline_names_them(
-    client, staff_in, stuck_order, django_capture_on_commit_callbacks
+def test_operations_resumes_a_reserved_order_and_the_timeline_names_them(
+    client, staff_in, reserved_order, django_capture_on_commit_callbacks
 ):
     operator = staff_in("operations")
 
     assert _offered_actions(client) == {"resume_orders", "fail_orders"}
     with django_capture_on_commit_callbacks() as sent:
-        page = _act(client, "resume_orders", stuck_order)
+        page = _act(client, "resume_orders", reserved_order)
 
     assert "Resumed 1 order(s)" in page
-    event = Order.objects.get(pk=stuck_order.pk).events.latest("id")
+    event = Order.objects.get(pk=reserved_order.pk).events.latest("id")
     assert (event.step, event.outcome, event.actor) == ("recovery", "resumed", operator)
     assert operator.username in event.detail
     assert len(dispatched(sent)) == 1  # the rest of its workflow, from `paying`
 
 
-def test_operations_fails_a_stuck_order_and_the_timeline_names_them(
-    client, staff_in, stuck_order, django_capture_on_commit_callbacks
+def test_operations_fails_a_reserved_order_and_the_timeline_names_them(
+    client, staff_in, reserved_order, django_capture_on_commit_callbacks
 ):
     operator = staff_in("operations")
 
     with django_capture_on_commit_callbacks():
-        page = _act(client, "fail_orders", stuck_order)
+        page = _act(client, "fail_orders", reserved_order)
 
-    order = Order.objects.get(pk=stuck_order.pk)
+    order = Order.objects.get(pk=reserved_order.pk)
     assert "Failed 1 order(s)" in page
     assert order.status == "failed"
     assert order.failure_reason == f"failed by {operator.username}"
@@ -245,15 +232,15 @@ def test_operations_fails_a_stuck_order_and_the_timeline_names_them(
     assert Product.objects.get(sku="MUG-001").stock == 10
 
 
-def test_operations_cannot_cancel_or_change_products(client, staff_in, stuck_order):
+def test_operations_cannot_cancel_or_change_products(client, staff_in, reserved_order):
     staff_in("operations")
     product = Product.objects.get(sku="MUG-001")
 
-    _act(client, "cancel_orders", stuck_order)
+    _act(client, "cancel_orders", reserved_order)
     adjusted = _adjust_stock(client, product, "+5")
 
-    assert Order.objects.get(pk=stuck_order.pk).status == "paying"
-    assert not Order.objects.get(pk=stuck_order.pk).events.filter(actor_kind="staff").exists()
+    assert Order.objects.get(pk=reserved_order.pk).status == "paying"
+    assert not Order.objects.get(pk=reserved_order.pk).events.filter(actor_kind="staff").exists()
     assert client.get(PRODUCTS).status_code == 403
     assert adjusted.status_code == 403
     assert Product.objects.get(pk=product.pk).stock == 8
