@@ -25,6 +25,8 @@ from django.utils.safestring import SafeString
 
 from . import (
     admin_clients,  # noqa: F401  registers the API clients' pages
+    crypto,
+    privacy,
     recovery,
     services,
 )
@@ -283,12 +285,15 @@ class OrderAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("id", "email", "status", "total", "currency", "created_at", "updated_at")
     list_filter = (StalledFilter, DisputedFilter, DeliveryProblemFilter, "status", "created_at")
     date_hierarchy = "created_at"
-    search_fields = ("=id", "email", "user__email", "user__username")
+    # The order's own email is encrypted: a search for an address finds it by its blind
+    # index (get_search_results), not by comparing ciphertext.
+    search_fields = ("=id", "user__email", "user__username")
+    search_help_text = "An order id, a customer's email (exact), or the account's email or name."
     list_select_related = ("user",)
-    actions = ["cancel_orders", "resume_orders", "fail_orders"]
+    actions = ["cancel_orders", "resume_orders", "fail_orders", "erase_personal_data"]
     fieldsets = (
         ("Story", {"fields": ("story",)}),
-        (None, {"fields": ("id", "user", "email", "status", "failure_reason")}),
+        (None, {"fields": ("id", "user", "email", "status", "failure_reason", "anonymized_at")}),
         ("Amount", {"fields": ("total", "currency", "payment_token")}),
         (
             "Ship to",
@@ -324,6 +329,7 @@ class OrderAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "created_at",
         "updated_at",
         "compensated_at",
+        "anonymized_at",
     )
     inlines = [OrderLineInline, PaymentInline, ShipmentInline, NotificationInline]
 
@@ -387,6 +393,17 @@ class OrderAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def has_fail_permission(self, request: HttpRequest) -> bool:
         return self._may(request, "fail")
 
+    def has_erase_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("orders.erase_personal_data"))
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Order], search_term: str
+    ) -> tuple[QuerySet[Order], bool]:
+        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        if "@" in search_term:
+            found |= queryset.filter(email_hash=crypto.blind_index(search_term))
+        return found, may_have_duplicates
+
     def _report(self, request: HttpRequest, verb: str, done: list[str], refused: list[str]) -> None:
         if done:
             self.message_user(request, f"{verb} {len(done)} order(s).", messages.SUCCESS)
@@ -441,6 +458,27 @@ class OrderAdmin(ReadOnlyMixin, admin.ModelAdmin):
             else:
                 refused.append(f"{order.id} ({order.status}): {GIVE_UP_WORDS[verdict]}")
         self._report(request, "Failed", done, refused)
+
+    @admin.action(
+        description="Erase personal data of selected orders (finished orders only)",
+        permissions=["erase"],
+    )
+    def erase_personal_data(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        actor = Actor.for_user(request.user)
+        done: list[str] = []
+        refused: list[str] = []
+        for order in queryset:
+            try:
+                erased = privacy.order_anonymize(
+                    order_id=order.id, reason=privacy.Reason.REQUEST, actor=actor
+                )
+            except Conflict as exc:
+                refused.append(exc.message)
+            else:
+                (done if erased else refused).append(
+                    str(order.id) if erased else f"{order.id} was erased before"
+                )
+        self._report(request, "Erased", done, refused)
 
 
 GIVE_UP_WORDS = {

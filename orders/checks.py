@@ -6,9 +6,14 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
 from config import broker
+
+from . import crypto
+from .models import Order
 
 # Email backends that deliver nothing: fine for a laptop or a test, never for customers.
 NON_DELIVERING_EMAIL_BACKENDS = frozenset(
@@ -143,9 +148,35 @@ def stripe_warnings() -> list[str]:
     return []
 
 
+def field_key_errors() -> list[str]:
+    """The keys of the personal data: well formed; in production not the published
+    development ones; and able to open what is stored (a wrong key is an error here, at
+    start-up, not ciphertext or a failure in the middle of a step)."""
+    errors = []
+    try:
+        crypto.keyring()
+    except ImproperlyConfigured as exc:
+        return [str(exc)]
+    if not settings.SANDBOX_ENABLED:
+        if settings.DEVELOPMENT_FIELD_ENCRYPTION_KEY in settings.FIELD_ENCRYPTION_KEYS:
+            errors.append("FIELD_ENCRYPTION_KEYS holds the published development key")
+        if settings.FIELD_HASH_KEY == settings.DEVELOPMENT_FIELD_HASH_KEY:
+            errors.append("FIELD_HASH_KEY is the published development key")
+    try:
+        # The newest stored address: encrypted under the newest key in use.
+        Order.objects.exclude(ship_name="").order_by("-created_at").values_list(
+            "ship_name", flat=True
+        ).first()
+    except crypto.FieldDecryptionError as exc:
+        errors.append(str(exc))
+    except DatabaseError:
+        pass  # no database yet (before migrate, or down): nothing stored to open
+    return errors
+
+
 def startup_errors() -> list[str]:
     """What stops a web server (system checks) and a worker (config/celery.py) from starting."""
-    return timing_errors() + provider_errors()
+    return timing_errors() + provider_errors() + field_key_errors()
 
 
 @checks.register("orders")
@@ -156,6 +187,11 @@ def check_timing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
 @checks.register("orders")
 def check_providers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     return [checks.Error(message, id="orders.E002") for message in provider_errors()]
+
+
+@checks.register("orders")
+def check_field_keys(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    return [checks.Error(message, id="orders.E004") for message in field_key_errors()]
 
 
 @checks.register("orders")

@@ -8,7 +8,6 @@ answers 409. The order and its stored response commit in one transaction, so a k
 a response exactly when its order exists.
 """
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,6 +19,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from . import crypto
 from .errors import ApplicationError, Conflict
 from .models import IdempotencyKey
 
@@ -48,8 +48,10 @@ def validate_key(key: str) -> None:
 
 
 def fingerprint(data: Any) -> str:
+    """A keyed hash of the request (it holds the address): tells a repeat from a different
+    body, and tells nobody with the table what the body was."""
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return crypto.keyed_hash(canonical)
 
 
 def begin(*, user: User, key: str, request_fingerprint: str) -> IdempotencyKey | Replay:

@@ -6,6 +6,8 @@ from django.db import models
 from django.db.models import Q
 from oauth2_provider.models import AbstractApplication
 
+from .crypto import EncryptedJSONField, EncryptedTextField
+
 
 class Product(models.Model):
     sku = models.CharField(max_length=64, unique=True)
@@ -122,19 +124,25 @@ class Order(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders"
     )
-    email = models.EmailField(blank=True)  # where the customer's emails go, copied from the user
+    # Personal data, encrypted at rest (orders/crypto.py); the country stays plain (reports).
+    email = EncryptedTextField(blank=True)  # where the customer's emails go, copied from the user
+    # The email's keyed hash: finds a customer's orders (erasure) without decrypting any.
+    email_hash = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
     status = models.CharField(
         max_length=32, choices=OrderStatus.choices, default=OrderStatus.PENDING
     )
     currency = models.CharField(max_length=3)
     total = models.DecimalField(max_digits=14, decimal_places=2)
-    payment_token = models.CharField(max_length=100)
-    ship_name = models.CharField(max_length=200)
-    ship_line1 = models.CharField(max_length=200)
-    ship_city = models.CharField(max_length=100)
-    ship_postal_code = models.CharField(max_length=20)
+    payment_token = EncryptedTextField()
+    ship_name = EncryptedTextField()
+    ship_line1 = EncryptedTextField()
+    ship_city = EncryptedTextField()
+    ship_postal_code = EncryptedTextField()
     ship_country = models.CharField(max_length=2)
-    failure_reason = models.TextField(blank=True)
+    # Set when the personal data above was replaced (retention or erasure on request).
+    anonymized_at = models.DateTimeField(null=True, blank=True)
+    # Encrypted too: a provider's refusal may quote the address (the carrier's, say).
+    failure_reason = EncryptedTextField(blank=True)
     # The X-Request-ID of the request that placed it: every task of its workflow logs it,
     # also those the sweep resumes long after the request, so one grep finds its story.
     request_id = models.CharField(max_length=200, blank=True)
@@ -151,6 +159,7 @@ class Order(models.Model):
             ("cancel_order", "Can cancel orders (stock released, charge refunded)"),
             ("resume_order", "Can resume unfinished orders now"),
             ("fail_order", "Can fail orders stuck behind a provider"),
+            ("erase_personal_data", "Can erase a customer's personal data from finished orders"),
         ]
         indexes = [
             # The recovery sweep looks for non-terminal orders not updated for a while.
@@ -314,7 +323,7 @@ class Notification(models.Model):
 
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="notifications")
     kind = models.CharField(max_length=16, choices=NotificationKind.choices)
-    to = models.EmailField(blank=True)
+    to = EncryptedTextField(blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -324,7 +333,7 @@ class Notification(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.kind} to {self.to}"
+        return f"{self.kind} email of order {self.order_id}"  # no address: it is personal data
 
 
 class Step(models.TextChoices):
@@ -337,6 +346,7 @@ class Step(models.TextChoices):
     PAYMENT_EVENT = "payment_event"  # the gateway told us something (a webhook)
     TRACKING = "tracking"  # the carrier told us where the parcel is (a webhook)
     RECOVERY = "recovery"  # the sweep resumed or expired the order
+    PRIVACY = "privacy"  # personal data erased: by retention, or on the customer's request
 
 
 class Outcome(models.TextChoices):
@@ -348,6 +358,7 @@ class Outcome(models.TextChoices):
     BUSY = "busy"  # another copy of this step holds its lock; this one retries later
     RESUMED = "resumed"
     CANCELLED = "cancelled"
+    ANONYMIZED = "anonymized"
 
 
 class ActorKind(models.TextChoices):
@@ -381,8 +392,9 @@ class OrderEvent(models.Model):
     )
     # A stable, machine-readable reason: "out_of_stock", "payment_declined", "deadline", ...
     reason_code = models.CharField(max_length=64, blank=True)
-    data = models.JSONField(default=dict, blank=True)
-    detail = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)  # ids and states only: stays plain
+    # Encrypted: a provider's or the mail server's message may quote the address or email.
+    detail = EncryptedTextField(blank=True)
     # The Celery task that wrote it, and when that task attempt began: the admin draws each
     # attempt as a bar from started_at to at, and links it to the task's result and Flower.
     task_id = models.CharField(max_length=255, blank=True)
@@ -405,7 +417,7 @@ class IdempotencyKey(models.Model):
     request_fingerprint = models.CharField(max_length=64)
     # Null while the first request is still being worked on.
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
+    response_body = EncryptedJSONField(null=True, blank=True)  # the order, address and all
     response_headers = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
@@ -438,7 +450,9 @@ class ProviderEvent(models.Model):
     provider = models.CharField(max_length=32)
     event_id = models.CharField(max_length=255)
     type = models.CharField(max_length=100)
-    payload = models.JSONField()
+    # Encrypted: a provider's event carries the payment method, and a parcel's scans and
+    # addresses.
+    payload = EncryptedJSONField()
     order = models.ForeignKey(
         Order, on_delete=models.SET_NULL, null=True, blank=True, related_name="provider_events"
     )

@@ -77,7 +77,7 @@ def notification_send(*, order: Order, kind: str, step: str, attempt: int) -> bo
         return False
     if notification.to and redis_client().exists(receipt_key(order=order, kind=kind)):
         late = "accepted by the mail server before; its record was written late"
-        detail, reason_code = f"{kind} email sent to {notification.to} ({late})", "email_sent"
+        detail, reason_code = f"{kind} email sent to the customer ({late})", "email_sent"
     elif notification.to:
         subject, body = render(order=order, kind=kind)
         send_email(
@@ -87,7 +87,7 @@ def notification_send(*, order: Order, kind: str, step: str, attempt: int) -> bo
             message_id=message_id(order=order, kind=kind),
         )
         _receipt_write(order=order, kind=kind)
-        detail, reason_code = f"{kind} email sent to {notification.to}", "email_sent"
+        detail, reason_code = f"{kind} email sent to the customer", "email_sent"
     else:
         detail, reason_code = (
             f"{kind} email not sent: the customer has no email address",

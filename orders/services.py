@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from integrations.payments import to_minor_units
 
-from . import dispatch
+from . import crypto, dispatch
 from .errors import ApplicationError, Conflict
 from .models import (
     CANCELLABLE_STATUSES,
@@ -79,10 +79,12 @@ def order_create(
     # No savepoint when nested (the API's transaction also stores the Idempotency-Key's
     # response): what fails in here is a database error, which ends the caller's
     # transaction as well; a savepoint would cost two round trips per order.
+    email = getattr(user, "email", "") or ""
     with transaction.atomic(savepoint=False):
         order = Order.objects.create(
             user=user,
-            email=getattr(user, "email", "") or "",
+            email=email,
+            email_hash=crypto.blind_index(email),
             status=OrderStatus.PENDING,
             currency=currency,
             total=total,

@@ -28,6 +28,7 @@ from . import (
     idempotency,
     oauth,
     payment_events,
+    privacy,
     recovery,
     services,
     steps,
@@ -289,6 +290,11 @@ def purge_idempotency_keys() -> int:
 @shared_task(name=TaskName.CLEAR_EXPIRED_TOKENS, ignore_result=True)
 def clear_expired_tokens() -> None:
     oauth.expired_tokens_clear()
+
+
+@shared_task(name=TaskName.ANONYMIZE_EXPIRED_ORDERS, ignore_result=True)
+def anonymize_expired_orders() -> int:
+    return privacy.retention_sweep()
 
 
 # Webhook events: retried as the steps are; once the retries are used up the event stays

@@ -31,6 +31,7 @@ class TaskName:
     RELAY_DISPATCHES = "orders.relay_dispatches"
     PURGE_IDEMPOTENCY_KEYS = "orders.purge_idempotency_keys"
     CLEAR_EXPIRED_TOKENS = "orders.clear_expired_tokens"
+    ANONYMIZE_EXPIRED_ORDERS = "orders.anonymize_expired_orders"
     PROCESS_PROVIDER_EVENT = "orders.process_provider_event"
     PROCESS_CARRIER_EVENT = "orders.process_carrier_event"
 

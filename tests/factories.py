@@ -10,6 +10,7 @@ from django.utils import timezone
 from oauth2_provider.models import AccessToken, set_token_value
 from oauthlib.common import generate_token
 
+from orders.crypto import blind_index
 from orders.models import API_SCOPES, ApiClient, Order, OrderLine, Product
 
 
@@ -100,6 +101,7 @@ class OrderFactory(factory.django.DjangoModelFactory):
 
     user = factory.SubFactory(UserFactory)
     email = factory.LazyAttribute(lambda o: o.user.email)
+    email_hash = factory.LazyAttribute(lambda o: blind_index(o.email))
     status = "pending"
     currency = "EUR"
     total = Decimal("25.00")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from cryptography.fernet import Fernet
 from django.conf import settings
 
 from tests.services import answers, free_port
@@ -33,6 +34,8 @@ def production_env(**overrides: str | None) -> dict:
         "PAYMENT_GATEWAY": "tests.fakes.FakeGateway",
         "SHIPPING_CARRIER": "tests.fakes.FakeCarrier",
         "EMAIL_HOST": "smtp.example.com",
+        "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "FIELD_HASH_KEY": secrets.token_urlsafe(32),
     }
     env.update(overrides)
     return {name: value for name, value in env.items() if value is not None}
@@ -445,3 +448,31 @@ def test_the_flower_proxy_checks_every_credential_in_constant_time(monkeypatch):
     monkeypatch.setenv("FLOWER_BASIC_AUTH", "no-colon")
     with pytest.raises(SystemExit):
         credentials_from_env()
+
+
+# --- The keys of the personal data ------------------------------------------------------------
+@pytest.mark.parametrize("name", ["FIELD_ENCRYPTION_KEYS", "FIELD_HASH_KEY"])
+def test_production_does_not_start_without_the_personal_datas_keys(name):
+    result = run(["manage.py", "check"], **{name: None})
+    assert result.returncode != 0
+    assert name in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"FIELD_ENCRYPTION_KEYS": "not-a-key"}, "holds a key that is not a Fernet key"),
+        (
+            {"FIELD_ENCRYPTION_KEYS": settings.DEVELOPMENT_FIELD_ENCRYPTION_KEY},
+            "FIELD_ENCRYPTION_KEYS holds the published development key",
+        ),
+        (
+            {"FIELD_HASH_KEY": settings.DEVELOPMENT_FIELD_HASH_KEY},
+            "FIELD_HASH_KEY is the published development key",
+        ),
+    ],
+)
+def test_production_refuses_a_malformed_or_published_key(overrides, message):
+    result = run(["manage.py", "check", "--deploy"], **overrides)
+    assert result.returncode != 0
+    assert "orders.E004" in result.stderr and message in result.stderr, result.stderr

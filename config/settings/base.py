@@ -148,6 +148,23 @@ SILENCED_SYSTEM_CHECKS = ["axes.W006"]
 ADMIN_REQUIRE_OTP = env.bool("ADMIN_REQUIRE_OTP", default=False)
 OTP_TOTP_ISSUER = "Order pipeline"
 
+# --- Personal data at rest (orders/crypto.py) ---------------------------------------------
+# Fernet keys, comma-separated: the first encrypts, all decrypt (rotate with
+# `manage.py rotate_field_keys`). Apart from SECRET_KEY on purpose: rotating one must not
+# touch the other. The default is a development key, published here: production requires
+# its own (no default there).
+DEVELOPMENT_FIELD_ENCRYPTION_KEY = "bGyM1d2Pbv1F5H6Oc9sH4m1O3zIAU8ZydWZ1w1wpS2w="
+FIELD_ENCRYPTION_KEYS = env.list(
+    "FIELD_ENCRYPTION_KEYS", default=[DEVELOPMENT_FIELD_ENCRYPTION_KEY]
+)
+# The key of the blind index (an email's keyed hash, to find a customer's orders). Stable
+# across FIELD_ENCRYPTION_KEYS rotations; changing it needs the hashes recomputed
+# (`manage.py rotate_field_keys --rehash`).
+DEVELOPMENT_FIELD_HASH_KEY = "development-blind-index-key"
+FIELD_HASH_KEY = env("FIELD_HASH_KEY", default=DEVELOPMENT_FIELD_HASH_KEY)
+# Finished orders older than this have their personal data anonymized by beat.
+ORDER_PERSONAL_DATA_RETENTION_DAYS = env.int("ORDER_PERSONAL_DATA_RETENTION_DAYS", default=730)
+
 # --- OAuth 2.0 (the API's clients: orders/oauth.py) ------------------------------------
 OAUTH_ACCESS_TOKEN_SECONDS = env.int("OAUTH_ACCESS_TOKEN_SECONDS", default=3600)
 OAUTH2_PROVIDER_APPLICATION_MODEL = "orders.ApiClient"
@@ -408,6 +425,7 @@ CELERY_TASK_ROUTES = {
     "orders.relay_dispatches": {"queue": "orders.maintenance"},
     "orders.purge_idempotency_keys": {"queue": "orders.maintenance"},
     "orders.clear_expired_tokens": {"queue": "orders.maintenance"},
+    "orders.anonymize_expired_orders": {"queue": "orders.maintenance"},
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-stalled-orders": {
@@ -427,6 +445,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "clear-expired-tokens": {
         "task": "orders.clear_expired_tokens",
+        "schedule": 3600.0,
+    },
+    "anonymize-expired-orders": {
+        "task": "orders.anonymize_expired_orders",
         "schedule": 3600.0,
     },
 }

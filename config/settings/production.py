@@ -17,6 +17,9 @@ if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or "insecure" in SECRET_KEY:
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 DATABASES = {"default": database_from_env()}  # DATABASE_URL required
 SANDBOX_ENABLED = False
+# Personal data's keys (orders/crypto.py): no default, a missing one stops the start.
+FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS")
+FIELD_HASH_KEY = env("FIELD_HASH_KEY")
 METRICS_REQUIRE_TOKEN = True  # and METRICS_TOKEN from the environment: no outsider sees volumes
 # Real providers: no default can silently point production at the sandbox (orders.E002
 # refuses sandbox adapters, a Stripe base that is not https or lacks its key and webhook
