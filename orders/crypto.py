@@ -123,7 +123,11 @@ class EncryptedTextField(models.TextField):
 
 
 class EncryptedJSONField(models.TextField):
-    """JSON stored encrypted (the idempotency records' stored responses)."""
+    """JSON stored encrypted (the idempotency records' stored responses, providers' events)."""
+
+    # For django-stubs: set and read as JSON values, not as the text it is stored as.
+    _pyi_private_set_type: Any
+    _pyi_private_get_type: Any
 
     def get_prep_value(self, value: Any) -> Any:
         if value is None:
