@@ -73,10 +73,11 @@ PERSONAL_KEYS = frozenset(
 # Longest first, so that `ship_name` is tried before `name` (the alternation takes the first).
 _KEY_NAMES = "|".join(sorted(PERSONAL_KEYS, key=len, reverse=True))
 # `email=zelda@...`, `name='Zelda Q'`, `'city': 'Springfield'`, `"zip": "99999"`, `?q=Zelda&`.
-# The key must start a word (`task_name=` is no `name=`); a quoted value is taken whole, an
-# unquoted one up to whitespace or a delimiter.
+# The key must start a word (`task_name=` is no `name=`); a colon counts after a quoted key
+# only (a dict's repr, JSON), not in prose ("without its confirmation email: the server...").
+# A quoted value is taken whole, an unquoted one up to whitespace or a delimiter.
 _KEY_VALUE = re.compile(
-    rf"""(?<![\w.-])(?P<key>['"]?(?:{_KEY_NAMES})['"]?\s*[=:]\s*)"""
+    rf"""(?<![\w.-])(?P<key>(?:(?:{_KEY_NAMES})\s*=|(?P<q>['"])(?:{_KEY_NAMES})(?P=q)\s*[=:])\s*)"""
     r"""(?P<value>'[^']*'|"[^"]*"|b'[^']*'|[^\s&,;)}\]'"]+)""",
     re.IGNORECASE,
 )
