@@ -20,8 +20,18 @@ def send_email(*, to: str, subject: str, body: str, message_id: str) -> None:
     )
     try:
         message.send(fail_silently=False)
-    except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused) as exc:
-        raise PermanentError(f"mail refused: {exc}", code="mail_refused") from exc
+    except smtplib.SMTPRecipientsRefused as exc:
+        # Its text is a dict keyed by the customer's address, and this message goes to the
+        # timeline, the logs and Sentry: the server's codes say what happened.
+        codes = ", ".join(str(code) for code, _ in exc.recipients.values())
+        raise PermanentError(
+            f"mail refused: the server answered {codes} for the recipient", code="mail_refused"
+        ) from exc
+    except smtplib.SMTPSenderRefused as exc:
+        raise PermanentError(
+            f"mail refused: the server answered {exc.smtp_code} for the sender",
+            code="mail_refused",
+        ) from exc
     except smtplib.SMTPResponseException as exc:
         if 400 <= exc.smtp_code < 500:
             raise TransientError(f"mail server answered {exc.smtp_code}") from exc

@@ -275,6 +275,16 @@ def test_a_refusal_for_good_is_permanent(smtp, answers):
     assert caught.value.code == "mail_refused"
 
 
+def test_a_refused_recipient_is_not_named_in_the_error(smtp):
+    # The error's text goes to the order's timeline, the logs and Sentry.
+    smtp(rcpt="550 5.1.1 No such user")
+
+    with pytest.raises(PermanentError) as caught:
+        _send()
+    assert "ada@example.com" not in str(caught.value)
+    assert str(caught.value) == "mail refused: the server answered 550 for the recipient"
+
+
 def test_a_temporary_refusal_is_transient(smtp):
     smtp(data="451 4.3.0 Try again later")
 

@@ -7,7 +7,7 @@ from typing import Any
 import environ
 import structlog
 
-from config import broker
+from config import broker, redaction
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -465,7 +465,9 @@ FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555")
 # Structured logs (django-structlog): every line written while handling a request or running
 # a task carries request_id and, where there is one, order_id, task_id and task_name, in the
 # web server and the workers alike. LOG_FORMAT=json writes one JSON object per line
-# (production's default); `console` writes readable key=value lines.
+# (production's default); `console` writes readable key=value lines. Both formatters redact
+# personal data (config/redaction.py) from every line, whoever wrote it: our code, Django,
+# Celery, kombu, the providers' SDKs.
 LOG_FORMAT = env("LOG_FORMAT", default="console")
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 _LOG_PRE_CHAIN = [
@@ -483,6 +485,7 @@ LOGGING: dict[str, Any] = {
             "processors": [
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redaction.redact_log_event,
                 structlog.processors.JSONRenderer(),
             ],
             "foreign_pre_chain": _LOG_PRE_CHAIN,
@@ -493,6 +496,9 @@ LOGGING: dict[str, Any] = {
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 # Plain tracebacks: rich's, with locals, call repr() on live objects (broker
                 # channels among them), which held a worker in its shutdown instead of exiting.
+                # Rendered to text here, before the renderer, so that they are redacted too.
+                structlog.processors.format_exc_info,
+                redaction.redact_log_event,
                 structlog.dev.ConsoleRenderer(
                     colors=False, exception_formatter=structlog.dev.plain_traceback
                 ),
@@ -545,5 +551,7 @@ if SENTRY_DSN:
         environment=env("SENTRY_ENVIRONMENT", default="production"),
         integrations=[DjangoIntegration(), CeleryIntegration(monitor_beat_tasks=True)],
         traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
-        send_default_pii=False,
+        # No request bodies, cookies or frame locals; messages, exceptions, extra data and
+        # breadcrumbs redacted by the log lines' rules (config/redaction.py).
+        **redaction.SENTRY_PRIVACY_OPTIONS,
     )
