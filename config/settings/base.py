@@ -350,6 +350,10 @@ IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 
 # Redis by default; an amqp:// URL runs every queue on RabbitMQ (config/broker.py says what
 # changes, the README's "Brokers" section why).
 CELERY_BROKER_URL = tls.redis_url(env("CELERY_BROKER_URL", default=REDIS_URL), BACKEND_CA_FILE)
+# Celery takes CELERY_BROKER_URL from the environment ahead of this setting, so a rediss:// URL
+# would reach the broker without the CA added above (measured: "certificate verify failed").
+# Every connection Celery opens uses the read or the write URL, and those follow the settings.
+CELERY_BROKER_READ_URL = CELERY_BROKER_WRITE_URL = CELERY_BROKER_URL
 # amqps://: the broker's certificate is required and checked against BACKEND_CA_FILE.
 CELERY_BROKER_USE_SSL = tls.broker_use_ssl(CELERY_BROKER_URL, BACKEND_CA_FILE)
 # Redis hands an unacknowledged message to another worker after visibility_timeout; the

@@ -33,6 +33,7 @@ CELERY_BROKER_URL = tls.redis_url(
     ),
     BACKEND_CA_FILE,
 )
+CELERY_BROKER_READ_URL = CELERY_BROKER_WRITE_URL = CELERY_BROKER_URL  # as base.py says why
 CELERY_BROKER_USE_SSL = tls.broker_use_ssl(CELERY_BROKER_URL, BACKEND_CA_FILE)
 CACHES = {
     "default": {
