@@ -80,16 +80,19 @@ def transport_options(broker_url: str, *, redis: dict[str, Any]) -> dict[str, An
     return dict(redis)
 
 
-def queue_depths(broker_url: str, queues: Iterable[str]) -> dict[str, int]:
+def queue_depths(
+    broker_url: str, queues: Iterable[str], *, use_ssl: dict[str, Any] | bool = False
+) -> dict[str, int]:
     """Messages waiting in each queue, asked of the broker now: Redis's list lengths, or
     RabbitMQ's ready-message counts (a passive declare, which changes nothing; the management
     statistics lag by seconds). Empty when the broker is down: no figure rather than a wrong
-    one."""
+    one. `use_ssl`: CELERY_BROKER_USE_SSL, for an amqps:// broker (a rediss:// URL carries its
+    own)."""
     try:
         if not is_amqp(broker_url):
             client = redis.Redis.from_url(broker_url, socket_timeout=1, socket_connect_timeout=1)
             return {queue: int(client.llen(queue)) for queue in queues}
-        with Connection(broker_url, connect_timeout=1) as conn:
+        with Connection(broker_url, connect_timeout=1, ssl=use_ssl) as conn:
             return {queue: _ready_messages(conn, queue) for queue in queues}
     except BROKER_ERRORS:
         return {}

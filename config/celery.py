@@ -30,8 +30,9 @@ def configure_logging(**kwargs: Any) -> None:
 @worker_init.connect
 def refuse_bad_settings(**kwargs: Any) -> None:
     """Django runs its checks for the web server; a worker must refuse to start too when the
-    timing settings are in an order that lets one step run twice (orders.E001) or when the
-    providers are not real where the sandbox is off (orders.E002): orders/checks.py."""
+    timing settings are in an order that lets one step run twice (orders.E001), when the
+    providers are not real where the sandbox is off (orders.E002), or when a backing service
+    would be reached without verified TLS there (orders.E003): orders/checks.py."""
     from orders.checks import startup_errors
 
     if errors := startup_errors():

@@ -1,5 +1,8 @@
-"""Start-up checks for the timing settings whose order prevents double execution.
-The reasons are in config/settings/base.py, beside the numbers."""
+"""Start-up checks: the timing settings whose order prevents double execution (E001), real
+providers (E002) and TLS to every backing service (E003) where the sandbox is off, and the
+personal data's keys (E004).
+The timing's reasons are in config/settings/base.py, beside the numbers; TLS's in
+config/tls.py."""
 
 import math
 from typing import Any
@@ -10,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
-from config import broker
+from config import broker, tls
 
 from . import crypto
 from .models import Order
@@ -174,9 +177,61 @@ def field_key_errors() -> list[str]:
     return errors
 
 
+def plaintext_backends() -> list[str]:
+    """Where the sandbox is off (production), every connection to a backing service must be
+    encrypted and check the server's certificate and name: PostgreSQL, each Redis client (the
+    cache, the locks, the broker and the results, if they are on Redis), RabbitMQ and SMTP.
+    Each finding names the setting and what it lacks (config/tls.py)."""
+    if settings.SANDBOX_ENABLED:
+        return []
+    problems = [
+        tls.database_problem(f"DATABASES[{alias!r}]", database)
+        for alias, database in settings.DATABASES.items()
+    ]
+    for alias, cache in settings.CACHES.items():
+        if cache["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+            locations = cache["LOCATION"]
+            for url in [locations] if isinstance(locations, str) else locations:
+                problems.append(tls.redis_problem(f"CACHES[{alias!r}] (REDIS_URL)", url))
+    problems.append(tls.redis_problem("LOCK_REDIS_URL", settings.LOCK_REDIS_URL))
+    if broker.is_amqp(settings.CELERY_BROKER_URL):
+        problems.append(
+            tls.amqp_problem(
+                "CELERY_BROKER_URL", settings.CELERY_BROKER_URL, settings.CELERY_BROKER_USE_SSL
+            )
+        )
+    else:
+        problems.append(tls.redis_problem("CELERY_BROKER_URL", settings.CELERY_BROKER_URL))
+    if settings.CELERY_RESULT_BACKEND.startswith(("redis", "unix")):
+        problems.append(tls.redis_problem("CELERY_RESULT_BACKEND", settings.CELERY_RESULT_BACKEND))
+    if settings.EMAIL_BACKEND == "django.core.mail.backends.smtp.EmailBackend" and not (
+        settings.EMAIL_USE_TLS or settings.EMAIL_USE_SSL
+    ):
+        problems.append(
+            f"SMTP to {settings.EMAIL_HOST}:{settings.EMAIL_PORT} is plaintext: set "
+            "EMAIL_USE_TLS (STARTTLS) or EMAIL_USE_SSL"
+        )
+    return list(dict.fromkeys(p for p in problems if p))  # REDIS_URL may be named thrice
+
+
+def tls_errors() -> list[str]:
+    """The plaintext backends as errors, unless ALLOW_PLAINTEXT_BACKENDS says on purpose that
+    the network to them is private (then they are warnings: tls_warnings)."""
+    return [] if settings.ALLOW_PLAINTEXT_BACKENDS else plaintext_backends()
+
+
+def tls_warnings() -> list[str]:
+    if not settings.ALLOW_PLAINTEXT_BACKENDS:
+        return []
+    return [
+        f"{problem} (allowed by ALLOW_PLAINTEXT_BACKENDS=true: the network is taken as private)"
+        for problem in plaintext_backends()
+    ]
+
+
 def startup_errors() -> list[str]:
     """What stops a web server (system checks) and a worker (config/celery.py) from starting."""
-    return timing_errors() + provider_errors() + field_key_errors()
+    return timing_errors() + provider_errors() + tls_errors() + field_key_errors()
 
 
 @checks.register("orders")
@@ -197,3 +252,10 @@ def check_field_keys(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
 @checks.register("orders")
 def check_stripe_mode(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     return [checks.Warning(message, id="orders.W002") for message in stripe_warnings()]
+
+
+@checks.register("orders")
+def check_backend_tls(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    return [checks.Error(message, id="orders.E003") for message in tls_errors()] + [
+        checks.Warning(message, id="orders.W003") for message in tls_warnings()
+    ]

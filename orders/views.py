@@ -61,7 +61,8 @@ def _redis(url: str) -> Callable[[], None]:
 def _broker(url: str) -> Callable[[], None]:
     def connect() -> None:
         # One attempt with a short timeout: a health check must answer, not wait for the broker.
-        with Connection(url, connect_timeout=1) as conn:
+        # The workers' TLS settings: an amqps:// broker is checked against the same CA.
+        with Connection(url, connect_timeout=1, ssl=settings.CELERY_BROKER_USE_SSL) as conn:
             conn.connect()
 
     return connect
@@ -125,6 +126,8 @@ def metrics(request: HttpRequest) -> HttpResponse:
     depth = Gauge(
         "celery_queue_length", "Messages waiting in a Celery queue", ["queue"], registry=gauges
     )
-    for queue, count in queue_depths(settings.CELERY_BROKER_URL, settings.ORDER_QUEUES).items():
+    for queue, count in queue_depths(
+        settings.CELERY_BROKER_URL, settings.ORDER_QUEUES, use_ssl=settings.CELERY_BROKER_USE_SSL
+    ).items():
         depth.labels(queue=queue).set(count)
     return HttpResponse(order_metrics.exposition(extra=gauges), content_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,7 @@ sandbox routes do not exist, and the admin and Flower ask for credentials."""
 import json
 import os
 import secrets
+import ssl
 import subprocess
 import sys
 import time
@@ -27,15 +28,19 @@ def production_env(**overrides: str | None) -> dict:
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "DJANGO_ALLOWED_HOSTS": "orders.example.com",
-        # Never connected to by these tests: nothing here touches the database.
-        "DATABASE_URL": "postgres://orders:secret@db.invalid:5432/orders",
-        "REDIS_URL": "redis://redis.invalid:6379/0",
+        # Never connected to by these tests: nothing here touches the database. Production
+        # reaches every backing service over TLS that checks the server (orders.E003): the
+        # URLs say so, and BACKEND_CA_FILE is the CA that signed their certificates.
+        "DATABASE_URL": "postgres://orders:secret@db.invalid:5432/orders?sslmode=verify-full",
+        "REDIS_URL": "rediss://redis.invalid:6379/0?ssl_cert_reqs=required",
+        "BACKEND_CA_FILE": "/run/secrets/backend-ca.pem",
         # Real adapters are required; the unit layer's doubles stand in for them here.
         "PAYMENT_GATEWAY": "tests.fakes.FakeGateway",
         "SHIPPING_CARRIER": "tests.fakes.FakeCarrier",
         "EMAIL_HOST": "smtp.example.com",
         "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "FIELD_HASH_KEY": secrets.token_urlsafe(32),
+        "EMAIL_USE_TLS": "true",
     }
     env.update(overrides)
     return {name: value for name, value in env.items() if value is not None}
@@ -176,6 +181,155 @@ def test_a_production_worker_refuses_to_start_on_the_sandbox():
 
     assert result.returncode != 0
     assert "Refusing to start" in result.stderr and "sandbox adapter" in result.stderr
+
+
+# --- TLS to the backing services (orders.E003) ------------------------------------------------
+RABBITMQ_PRODUCTION = {"CELERY_BROKER_URL": "amqps://orders:secret@rabbitmq.invalid:5671/orders"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (
+            {"DATABASE_URL": "postgres://orders:secret@db.invalid:5432/orders"},
+            "no sslmode (libpq's default, prefer, falls back to plaintext)",
+        ),
+        (
+            {"DATABASE_URL": "postgres://orders:secret@db.invalid:5432/orders?sslmode=require"},
+            "sslmode=require: add sslmode=verify-full",
+        ),
+        (
+            {"DATABASE_URL": "postgres://orders:secret@db.invalid:5432/orders?sslmode=verify-ca"},
+            "sslmode=verify-ca: add sslmode=verify-full",
+        ),
+        (
+            {"REDIS_URL": "redis://:pw@redis.invalid:6379/0"},
+            "CACHES['default'] (REDIS_URL) (redis://redis.invalid/0) is plaintext",
+        ),
+        (
+            {"REDIS_URL": "rediss://redis.invalid:6379/0?ssl_cert_reqs=none"},
+            "has ssl_cert_reqs=none: add ssl_cert_reqs=required",
+        ),
+        (
+            {"REDIS_URL": "rediss://redis.invalid:6379/0"},
+            "has no ssl_cert_reqs: add ssl_cert_reqs=required",
+        ),
+        (
+            {"LOCK_REDIS_URL": "redis://locks.invalid:6379/0"},
+            "LOCK_REDIS_URL (redis://locks.invalid/0) is plaintext",
+        ),
+        (
+            {"CELERY_BROKER_URL": "rediss://broker.invalid:6379/0?ssl_cert_reqs=optional"},
+            "CELERY_BROKER_URL (rediss://broker.invalid/0) has ssl_cert_reqs=optional",
+        ),
+        (
+            {
+                "REDIS_URL": "rediss://redis.invalid:6379/0?ssl_cert_reqs=required"
+                "&ssl_check_hostname=false"
+            },
+            "has ssl_check_hostname=false",
+        ),
+        (
+            {"CELERY_BROKER_URL": "amqp://orders:secret@rabbitmq.invalid:5672/orders"},
+            "CELERY_BROKER_URL (amqp://rabbitmq.invalid/orders) is plaintext: use amqps://",
+        ),
+        ({"EMAIL_USE_TLS": None}, "SMTP to smtp.example.com:25 is plaintext"),
+    ],
+    ids=[
+        "postgres-without-sslmode",
+        "postgres-require",
+        "postgres-verify-ca",
+        "redis-plaintext",
+        "rediss-cert-none",
+        "rediss-without-cert-reqs",
+        "lock-redis-plaintext",
+        "broker-rediss-optional",
+        "rediss-no-hostname-check",
+        "amqp-plaintext",
+        "smtp-plaintext",
+    ],
+)
+def test_production_refuses_a_backing_service_without_verified_tls(overrides, says):
+    result = run(["manage.py", "check"], **overrides)
+
+    assert result.returncode != 0
+    assert "orders.E003" in result.stderr and says in result.stderr, result.stderr
+    assert "secret" not in result.stderr and ":pw@" not in result.stderr  # no password shown
+
+
+def test_production_accepts_rabbitmq_over_tls_and_smtp_over_ssl():
+    result = run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        **RABBITMQ_PRODUCTION,
+        EMAIL_USE_TLS=None,
+        EMAIL_USE_SSL="true",
+        EMAIL_PORT="465",
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_production_worker_refuses_to_start_with_a_plaintext_broker():
+    result = run(
+        ["-m", "celery", "-A", "config", "worker", "--pool", "solo"],
+        CELERY_BROKER_URL="amqp://orders:secret@rabbitmq.invalid:5672/orders",
+    )
+
+    assert result.returncode != 0
+    assert "Refusing to start" in result.stderr and "use amqps://" in result.stderr
+
+
+PLAINTEXT = {
+    "DATABASE_URL": "postgres://orders:secret@db.invalid:5432/orders",
+    "REDIS_URL": "redis://redis.invalid:6379/0",
+    "CELERY_BROKER_URL": "amqp://orders:secret@rabbitmq.invalid:5672/orders",
+    "EMAIL_USE_TLS": None,
+}
+
+
+def test_allow_plaintext_backends_turns_the_refusal_into_a_warning_for_each_connection():
+    allowed = {**PLAINTEXT, "ALLOW_PLAINTEXT_BACKENDS": "true"}
+    assert run(["manage.py", "check"], **allowed).returncode == 0
+    warned = run(["manage.py", "check", "--fail-level", "WARNING"], **allowed)
+
+    assert warned.returncode != 0 and "orders.E003" not in warned.stderr
+    warnings = [line for line in warned.stderr.splitlines() if "orders.W003" in line]
+    named = ("DATABASES['default']", "CACHES['default']", "LOCK_REDIS_URL", "CELERY_BROKER_URL")
+    assert [any(name in line for line in warnings) for name in named] == [True] * 4
+    assert any("SMTP" in line for line in warnings)
+    assert all("ALLOW_PLAINTEXT_BACKENDS=true" in line for line in warnings)
+    # And a worker starts past its checks (it then fails to reach the .invalid broker).
+    refused = run(["manage.py", "check"], **PLAINTEXT)
+    assert refused.returncode != 0 and refused.stderr.count("orders.E003") == 5
+
+
+TLS_PROBE = """
+import json
+from django.conf import settings
+print(json.dumps({
+    "database": settings.DATABASES["default"]["OPTIONS"],
+    "redis": [settings.REDIS_URL, settings.LOCK_REDIS_URL, settings.CACHES["default"]["LOCATION"]],
+    "broker_use_ssl": settings.CELERY_BROKER_USE_SSL,
+}))
+"""
+
+
+def test_backend_ca_file_reaches_every_client():
+    """BACKEND_CA_FILE becomes each client's CA: libpq's sslrootcert, the ssl_ca_certs of the
+    Redis URL the cache and the locks read, and an amqps broker's ca_certs with the
+    certificate required and the host name checked (kombu fills in a None server_hostname)."""
+    result = run(["-c", TLS_PROBE], **RABBITMQ_PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.splitlines()[-1])
+    ca = "/run/secrets/backend-ca.pem"
+
+    assert found["database"] == {"sslmode": "verify-full", "sslrootcert": ca}
+    redis_url = "rediss://redis.invalid:6379/0?ssl_cert_reqs=required&ssl_ca_certs=%2Frun%2Fsecrets%2Fbackend-ca.pem"
+    assert found["redis"] == [redis_url] * 3
+    assert found["broker_use_ssl"] == {
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "ca_certs": ca,
+        "server_hostname": None,
+    }
 
 
 PROBE = """

@@ -7,7 +7,7 @@ from typing import Any
 import environ
 import structlog
 
-from config import broker, redaction
+from config import broker, redaction, tls
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -79,9 +79,20 @@ TEMPLATES = [
 # under two worker processes ("database is locked", measured); WAL lets readers run
 # beside the writer, IMMEDIATE takes the write lock at BEGIN so two writers queue
 # instead of deadlocking on a lock upgrade, and the busy timeout makes them wait.
+# TLS to the backing services (config/tls.py; README, "TLS to the backing services"): each
+# URL says how its connection is encrypted and checked (PostgreSQL `sslmode=verify-full`,
+# Redis `rediss://...?ssl_cert_reqs=required`, RabbitMQ `amqps://`), and this CA bundle is
+# what they trust where the URL names none (the system's CAs when unset). orders.E003 refuses
+# anything less in production, unless ALLOW_PLAINTEXT_BACKENDS says on purpose that the
+# network to them is private (then orders.W003).
+BACKEND_CA_FILE = env("BACKEND_CA_FILE", default="")
+ALLOW_PLAINTEXT_BACKENDS = env.bool("ALLOW_PLAINTEXT_BACKENDS", default=False)
+
+
 def database_from_env(default: str | None = None) -> dict:
     """DATABASE_URL, tuned for its engine. Without a default the variable is required."""
     database = env.db("DATABASE_URL", default=default) if default else env.db("DATABASE_URL")
+    tls.database_tls(database, BACKEND_CA_FILE)
     if database["ENGINE"] == "django.db.backends.sqlite3":
         database["OPTIONS"] = {
             "transaction_mode": "IMMEDIATE",
@@ -105,9 +116,11 @@ DATABASES = {"default": database_from_env(f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache ---------------------------------------------------------------
-REDIS_URL = env("REDIS_URL", default="redis://localhost:6379/0")
+# A rediss:// URL gets BACKEND_CA_FILE as its ssl_ca_certs here, so that the cache, the
+# locks and the broker, which all read their Redis from a URL, trust the same CA.
+REDIS_URL = tls.redis_url(env("REDIS_URL", default="redis://localhost:6379/0"), BACKEND_CA_FILE)
 # Locks live in Redis too, beside the broker: see orders/locks.py.
-LOCK_REDIS_URL = env("LOCK_REDIS_URL", default=REDIS_URL)
+LOCK_REDIS_URL = tls.redis_url(env("LOCK_REDIS_URL", default=REDIS_URL), BACKEND_CA_FILE)
 # Throttle counters must be shared by every web process, so not LocMem. Short socket timeouts:
 # a Redis that does not answer costs a request half a second, then throttling fails open
 # (orders/api/throttles.py).
@@ -247,7 +260,10 @@ EMAIL_HOST = env("EMAIL_HOST", default="")
 EMAIL_PORT = env.int("EMAIL_PORT", default=25)
 EMAIL_HOST_USER = env("EMAIL_HOST_USER", default="")
 EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", default="")
+# STARTTLS (usually port 587) or TLS from the first byte (465); production requires one
+# (orders.E003). Django checks the relay's certificate against the system's CAs.
 EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 EMAIL_BACKEND = (
     "django.core.mail.backends.smtp.EmailBackend"
@@ -350,7 +366,13 @@ IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 
 # --- Celery ------------------------------------------------------------------------------
 # Redis by default; an amqp:// URL runs every queue on RabbitMQ (config/broker.py says what
 # changes, the README's "Brokers" section why).
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_BROKER_URL = tls.redis_url(env("CELERY_BROKER_URL", default=REDIS_URL), BACKEND_CA_FILE)
+# Celery takes CELERY_BROKER_URL from the environment ahead of this setting, so a rediss:// URL
+# would reach the broker without the CA added above (measured: "certificate verify failed").
+# Every connection Celery opens uses the read or the write URL, and those follow the settings.
+CELERY_BROKER_READ_URL = CELERY_BROKER_WRITE_URL = CELERY_BROKER_URL
+# amqps://: the broker's certificate is required and checked against BACKEND_CA_FILE.
+CELERY_BROKER_USE_SSL = tls.broker_use_ssl(CELERY_BROKER_URL, BACKEND_CA_FILE)
 # Redis hands an unacknowledged message to another worker after visibility_timeout; the
 # timing above keeps every run, lock and countdown shorter than that.
 REDIS_TRANSPORT_OPTIONS: dict[str, Any] = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}

@@ -1,9 +1,10 @@
 """The test suite: real PostgreSQL and Redis, never eager Celery."""
 
-from config import broker
+from config import broker, tls
 
 from .base import *  # noqa: F403
 from .base import (
+    BACKEND_CA_FILE,
     INSTALLED_APPS,
     ORDER_QUEUE_DELIVERY_LIMIT,
     REDIS_CACHE_OPTIONS,
@@ -16,8 +17,8 @@ DATABASES = {"default": database_from_env("postgres://postgres@127.0.0.1:5432/te
 TEST_DATABASE_NAME = env("TEST_DATABASE_NAME", default="test_orders")
 DATABASES["default"]["TEST"] = {"NAME": TEST_DATABASE_NAME}
 # Database 1, so a developer's `make run` (database 0) never shares queues with the tests.
-REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/1")
-LOCK_REDIS_URL = env("LOCK_REDIS_URL", default=REDIS_URL)
+REDIS_URL = tls.redis_url(env("REDIS_URL", default="redis://127.0.0.1:6379/1"), BACKEND_CA_FILE)
+LOCK_REDIS_URL = tls.redis_url(env("LOCK_REDIS_URL", default=REDIS_URL), BACKEND_CA_FILE)
 # BROKER_UNDER_TEST=rabbitmq runs the suite's Celery traffic through the local RabbitMQ, in a
 # virtual host of this run's own, named after its test database (tests/conftest.py creates it
 # and deletes it afterwards), so that concurrent runs never share a queue.
@@ -25,9 +26,15 @@ LOCK_REDIS_URL = env("LOCK_REDIS_URL", default=REDIS_URL)
 BROKER_UNDER_TEST = env("BROKER_UNDER_TEST", default="redis")
 RABBITMQ_URL = env("RABBITMQ_URL", default="amqp://guest:guest@127.0.0.1:5672")
 RUN_VHOST_URL = f"{RABBITMQ_URL}/{TEST_DATABASE_NAME}"
-CELERY_BROKER_URL = env(
-    "CELERY_BROKER_URL", default=RUN_VHOST_URL if BROKER_UNDER_TEST == "rabbitmq" else REDIS_URL
+CELERY_BROKER_URL = tls.redis_url(
+    env(
+        "CELERY_BROKER_URL",
+        default=RUN_VHOST_URL if BROKER_UNDER_TEST == "rabbitmq" else REDIS_URL,
+    ),
+    BACKEND_CA_FILE,
 )
+CELERY_BROKER_READ_URL = CELERY_BROKER_WRITE_URL = CELERY_BROKER_URL  # as base.py says why
+CELERY_BROKER_USE_SSL = tls.broker_use_ssl(CELERY_BROKER_URL, BACKEND_CA_FILE)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
