@@ -280,3 +280,19 @@ def dispatched(callbacks: list[Callable[[], Any]]) -> list[Callable[[], Any]]:
     """Of the callbacks a transaction scheduled for after its commit, the sends to Celery
     (orders/dispatch.py), not the metrics that count its timeline entries."""
     return [c for c in callbacks if getattr(c, "__module__", "") == "orders.dispatch"]
+
+
+def assert_cancelled_by_staff(order: Any, agent: Any, page: str, sent: list) -> None:
+    """What an admin cancel of the conftest's `reserved_order` leaves: the order cancelled,
+    its 2 units back (10 again), a timeline entry naming the staff member, and the
+    compensation (refund, email) sent once, after the commit."""
+    from orders.models import Order, Product
+
+    order = Order.objects.get(pk=order.pk)
+    assert "Cancelled 1 order(s)" in page
+    assert order.status == "cancelled"
+    assert Product.objects.get(sku="MUG-001").stock == 10  # released
+    event = order.events.latest("id")
+    assert (event.actor, event.actor_kind, event.reason_code) == (agent, "staff", "cancelled")
+    assert agent.username in event.detail
+    assert len(dispatched(sent)) == 1

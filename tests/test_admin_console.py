@@ -10,7 +10,7 @@ from django.urls import reverse
 from orders import steps
 from orders.models import Order, OrderStatus, Product, StockAdjustment
 from tests.factories import OrderFactory, OrderLineFactory, ProductFactory, UserFactory
-from tests.helpers import dispatched
+from tests.helpers import assert_cancelled_by_staff, dispatched
 
 CHANGELIST = "admin:orders_order_changelist"
 
@@ -53,14 +53,7 @@ def test_cancel_action_goes_through_the_service_and_names_the_staff_user(
     with django_capture_on_commit_callbacks() as sent:
         page = _act(client, "cancel_orders", reserved_order)
 
-    order = Order.objects.get(pk=reserved_order.pk)
-    assert "Cancelled 1 order(s)" in page
-    assert order.status == "cancelled"
-    assert Product.objects.get(sku="MUG-001").stock == 10  # released
-    event = order.events.latest("id")
-    assert (event.actor, event.actor_kind, event.reason_code) == (agent, "staff", "cancelled")
-    assert agent.username in event.detail
-    assert len(dispatched(sent)) == 1  # the compensation (refund, email) is sent after the commit
+    assert_cancelled_by_staff(reserved_order, agent, page, sent)
 
 
 def test_an_order_that_cannot_be_cancelled_is_reported_not_changed(client, db):

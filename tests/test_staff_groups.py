@@ -24,7 +24,7 @@ from orders.models import (
     StockAdjustment,
 )
 from tests.factories import OrderFactory, OrderLineFactory, ProductFactory, UserFactory
-from tests.helpers import dispatched
+from tests.helpers import assert_cancelled_by_staff, dispatched
 
 ORDERS = reverse("admin:orders_order_changelist")
 PRODUCTS = reverse("admin:orders_product_changelist")
@@ -139,14 +139,7 @@ def test_support_cancels_an_order_and_the_timeline_names_them(
     with django_capture_on_commit_callbacks() as sent:
         page = _act(client, "cancel_orders", reserved_order)
 
-    order = Order.objects.get(pk=reserved_order.pk)
-    assert "Cancelled 1 order(s)" in page
-    assert order.status == "cancelled"
-    assert Product.objects.get(sku="MUG-001").stock == 10  # released
-    event = order.events.latest("id")
-    assert (event.actor, event.actor_kind, event.reason_code) == (agent, "staff", "cancelled")
-    assert agent.username in event.detail
-    assert len(dispatched(sent)) == 1  # the refund and the email, after the commit
+    assert_cancelled_by_staff(reserved_order, agent, page, sent)
 
 
 def test_support_cannot_resume_or_fail_an_order(client, staff_in, reserved_order):
