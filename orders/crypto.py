@@ -45,8 +45,14 @@ def keyring() -> MultiFernet:
     return _keyring(tuple(settings.FIELD_ENCRYPTION_KEYS))
 
 
+@cache
+def _primary(key: str) -> Fernet:
+    return Fernet(key.encode())
+
+
 def primary() -> Fernet:
-    return Fernet(settings.FIELD_ENCRYPTION_KEYS[0].encode())
+    # Asked for every stored value while keys rotate: built once per key, as the keyring is.
+    return _primary(settings.FIELD_ENCRYPTION_KEYS[0])
 
 
 def encrypt(plaintext: str) -> str:

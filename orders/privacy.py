@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import structlog
+from django.apps import apps
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Q, QuerySet
@@ -142,13 +143,10 @@ def retention_sweep(*, batch: int = 500) -> int:
 
 
 # --- Key rotation ---------------------------------------------------------------------------
-ENCRYPTED_MODELS: list[type[models.Model]] = [
-    Order,
-    Notification,
-    OrderEvent,
-    IdempotencyKey,
-    ProviderEvent,
-]
+def encrypted_models() -> list[type[models.Model]]:
+    """Every model of ours with an encrypted field: read off the fields, so that a new one
+    cannot be forgotten by the rotation."""
+    return [m for m in apps.get_app_config("orders").get_models() if crypto.encrypted_fields(m)]
 
 
 def keys_rotate(*, batch: int = 200, rehash: bool = False) -> dict[str, int]:
@@ -157,7 +155,7 @@ def keys_rotate(*, batch: int = 200, rehash: bool = False) -> dict[str, int]:
     that wants a row waits a few milliseconds. With `rehash`, the blind index is recomputed
     too (after FIELD_HASH_KEY changed)."""
     rotated: dict[str, int] = {}
-    for model in ENCRYPTED_MODELS:
+    for model in encrypted_models():
         fields = crypto.encrypted_fields(model)
         done, last = 0, None
         while True:
