@@ -214,11 +214,14 @@ class RedisServer:
         except redis.RedisError:
             return False
 
+    def _listen_args(self) -> list[str]:
+        """How it listens: plain TCP on `port` (a TLS Redis overrides this)."""
+        return ["--port", str(self.port)]
+
     def start(self) -> None:
         argv = [
             "redis-server",
-            "--port",
-            str(self.port),
+            *self._listen_args(),
             "--bind",
             HOST,
             "--save",

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import requests
 
+from tests.factories import order_payload
 from tests.helpers import FAST_TIMINGS, gateway_ledger, wait_for
 from tests.procs import ROOT, timing_errors_under
 from tests.services import free_port
@@ -111,17 +112,7 @@ class Client:
         self.statuses: list[int] = []
 
     def place(self, key: str) -> None:
-        body = {
-            "lines": [{"sku": "MUG-001", "quantity": 1}],
-            "shipping_address": {
-                "name": "A",
-                "line1": "B",
-                "city": "C",
-                "postal_code": "10115",
-                "country": "DE",
-            },
-            "payment_token": "tok_ok",
-        }
+        body = order_payload(("MUG-001", 1))
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:

@@ -7,7 +7,6 @@ plaintext."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -20,23 +19,14 @@ import redis
 import requests
 import trustme
 
+from tests.factories import order_payload
 from tests.helpers import FAST_TIMINGS, wait_for
-from tests.procs import HOST, Proc, RedisServer, timing_errors_under
+from tests.procs import HOST, RedisServer, timing_errors_under
 from tests.test_database_outage import BIN, SETUP, PrivatePostgres, _manage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-ORDER = {
-    "lines": [{"sku": "MUG-001", "quantity": 2}],
-    "shipping_address": {
-        "name": "A",
-        "line1": "B",
-        "city": "C",
-        "postal_code": "10115",
-        "country": "DE",
-    },
-    "payment_token": "tok_ok",
-}
+ORDER = order_payload(("MUG-001", 2))
 
 
 class Certificates:
@@ -108,11 +98,10 @@ class TlsRedis(RedisServer):
         except redis.RedisError:
             return False
 
-    def start(self) -> None:
-        argv = [
-            "redis-server",
+    def _listen_args(self) -> list[str]:
+        return [
             "--port",
-            "0",
+            "0",  # no plaintext listener at all
             "--tls-port",
             str(self.port),
             "--tls-cert-file",
@@ -123,21 +112,9 @@ class TlsRedis(RedisServer):
             str(self.certs.ca_file),
             "--tls-auth-clients",
             "no",  # the server is checked; clients are not asked for certificates here
-            "--bind",
-            HOST,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(self.log_dir),
             "--loglevel",
             "verbose",  # it logs each failed handshake and its reason
         ]
-        self.proc = Proc("redis", argv, env=dict(os.environ), log_dir=self.log_dir).start()
-        self.proc.wait_ready(self._ping, timeout=15)
 
 
 @pytest.fixture
