@@ -37,7 +37,7 @@ from .models import (
     TrackingStatus,
 )
 from .notifications import notification_send
-from .state import Actor, event_record, lock_order
+from .state import Actor, event_record
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,11 @@ def _tracker_update(record: ProviderEvent, shipment: Shipment, tracker: dict[str
     status = tracker.get("status")
     if status not in TRACKING_RANK:
         return "ignored"  # `unknown`, `available_for_pickup` and the like: nothing to tell
+    order = shipment.order
     with transaction.atomic():
-        order = lock_order(shipment.order_id)
+        # The parcel's own row lock orders two events of one tracker; the order's row is
+        # not locked: a parcel's status never changes the order's, and the steps that hold
+        # the order's lock (a cancel, a charge) need not wait for a carrier's scan.
         shipment = Shipment.objects.select_for_update().get(pk=shipment.pk)
         moved = TRACKING_RANK[status] > TRACKING_RANK.get(shipment.tracking_status, 0)
         if moved:
@@ -119,7 +122,11 @@ def _tracker_update(record: ProviderEvent, shipment: Shipment, tracker: dict[str
         # A mail server that refuses raises, and the event is processed again.
         try:
             notification_send(
-                order=order, kind=NotificationKind.SHIPPED, step=Step.TRACKING, attempt=1
+                order=order,
+                kind=NotificationKind.SHIPPED,
+                step=Step.TRACKING,
+                attempt=1,
+                shipment=shipment,
             )
         except PermanentError as exc:
             event_record(

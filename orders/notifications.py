@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from integrations.email import send_email
 
+from .inserts import insert_once
 from .locks import redis_client
 from .models import Notification, Order, Outcome, Shipment
 from .state import event_record
@@ -33,9 +34,11 @@ logger = logging.getLogger(__name__)
 RECEIPT_MIN_TTL_SECONDS = 7 * 24 * 3600
 
 
-def render(*, order: Order, kind: str) -> tuple[str, str]:
-    """The subject and body of the order's email of this kind."""
-    shipment = Shipment.objects.filter(order=order).first()
+def render(*, order: Order, kind: str, shipment: Shipment | None = None) -> tuple[str, str]:
+    """The subject and body of the order's email of this kind (`shipment`: the order's, when
+    the caller has it at hand already)."""
+    if shipment is None:
+        shipment = Shipment.objects.filter(order=order).first()
     context = {
         "order": order,
         "shipment": shipment,
@@ -67,19 +70,19 @@ def _receipt_write(*, order: Order, kind: str) -> None:
         logger.warning("no receipt for the %s email of order %s: Redis is down", kind, order.id)
 
 
-def notification_send(*, order: Order, kind: str, step: str, attempt: int) -> bool:
+def notification_send(
+    *, order: Order, kind: str, step: str, attempt: int, shipment: Shipment | None = None
+) -> bool:
     """Send the order's email of this kind at most once. Returns False if it had been sent
     before. Raises integrations.errors.TransientError / PermanentError from the mail server."""
-    notification, _ = Notification.objects.get_or_create(
-        order=order, kind=kind, defaults={"to": order.email}
-    )
+    notification = _notification_of(order=order, kind=kind)
     if notification.sent_at:
         return False
     if notification.to and redis_client().exists(receipt_key(order=order, kind=kind)):
         late = "accepted by the mail server before; its record was written late"
         detail, reason_code = f"{kind} email sent to the customer ({late})", "email_sent"
     elif notification.to:
-        subject, body = render(order=order, kind=kind)
+        subject, body = render(order=order, kind=kind, shipment=shipment)
         send_email(
             to=notification.to,
             subject=subject,
@@ -104,3 +107,14 @@ def notification_send(*, order: Order, kind: str, step: str, attempt: int) -> bo
         data={"kind": kind},
     )
     return True
+
+
+def _notification_of(*, order: Order, kind: str) -> Notification:
+    """The order's record of this kind, created on first use: one INSERT ... ON CONFLICT DO
+    NOTHING on every email of the pipeline, where get_or_create takes four round trips (a
+    read, then the insert in a transaction of its own). A conflict means a record exists,
+    written by an earlier run of the step: it is read."""
+    fresh = Notification(order=order, kind=kind, to=order.email)
+    if insert_once(fresh, conflict=["order", "kind"]):
+        return fresh
+    return Notification.objects.get(order=order, kind=kind)

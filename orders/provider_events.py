@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection
 from django.utils import timezone
 
 from . import dispatch
+from .inserts import insert_once
 from .models import Order, ProviderEvent
 
 
@@ -36,7 +36,7 @@ def receive(
         received_at=timezone.now(),
         **triaged,
     )
-    created = insert_once(record)
+    created = insert_once(record, conflict=["provider", "event_id"])
     if created and record.processed_at is None and record.type in handled:
         dispatch.provider_event_process(event_pk=record.pk, carrier=carrier)
     return record, created
@@ -57,27 +57,6 @@ def process_once(
         processed_at=timezone.now(), result=result, order=order
     )
     return result
-
-
-def insert_once(record: ProviderEvent) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING: one statement where get_or_create takes five (a
-    read, a savepoint, the insert, its release, the commit), on every webhook. Sets the
-    record's pk and returns True if it is new."""
-    fields = [f for f in ProviderEvent._meta.concrete_fields if not f.primary_key]
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    values = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {ProviderEvent._meta.db_table} ({columns}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) "
-            "ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
-            values,
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return False
-    record.pk = row[0]
-    return True
 
 
 def unprocessed(*, provider: str, types: Iterable[str], older_than_seconds: float) -> list[int]:

@@ -20,6 +20,7 @@ from integrations.shipping import Carrier, CarrierShipment, get_carrier
 
 from . import dispatch, services
 from .errors import StepNotReady
+from .inserts import insert_once
 from .models import (
     COMPENSATED_STATUSES,
     LabelStatus,
@@ -405,7 +406,12 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
             resume=False,
         )
         return
-    row, first_try = Shipment.objects.get_or_create(order=order)
+    # Committed before the create: a retry that finds it without the carrier's id knows a
+    # create may have been sent, and asks the carrier by the order's reference.
+    row = Shipment(order=order)
+    first_try = insert_once(row, conflict=["order"])
+    if not first_try:
+        row = Shipment.objects.get(order=order)
     carrier = get_carrier()
     try:
         found = _carrier_shipment(carrier, order=order, row=row, first_try=first_try)
@@ -481,22 +487,25 @@ def _shipment_record(
         if order.status != OrderStatus.SHIPPING:
             _skip(order, Step.CREATE_SHIPMENT, attempt, f"order is {order.status}")
             return False
-        Shipment.objects.update_or_create(
-            order=order,
-            defaults={
-                "label_status": LabelStatus.PURCHASED,
-                "carrier": result.carrier,
-                "service": result.service,
-                "rate": result.amount,
-                "rate_currency": result.currency,
-                "tracking_number": result.tracking_code,
-                "carrier_reference": result.shipment_id,
-                "tracker_id": result.tracker_id,
-                "label_url": result.label_url,
-                "tracking_url": result.tracking_url,
-                "purchased_at": timezone.now(),
-            },
-        )
+        label = {
+            "label_status": LabelStatus.PURCHASED,
+            "carrier": result.carrier,
+            "service": result.service,
+            "rate": result.amount,
+            "rate_currency": result.currency,
+            "tracking_number": result.tracking_code,
+            "carrier_reference": result.shipment_id,
+            "tracker_id": result.tracker_id,
+            "label_url": result.label_url,
+            "tracking_url": result.tracking_url,
+            "purchased_at": timezone.now(),
+        }
+        # One UPDATE: the row was written before the create, and the order's row lock, held
+        # here, orders this against any other writer of it (update_or_create took a
+        # savepoint, a locking read and the update).
+        if not Shipment.objects.filter(order=order).update(**label):
+            # The row is written before every create, so only a row deleted since lands here.
+            Shipment.objects.create(order=order, **label)
         order_transition(
             order=order,
             to=OrderStatus.CONFIRMING,
