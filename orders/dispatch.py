@@ -17,9 +17,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 
+import redis
 import structlog
 from celery.canvas import Signature
+from django.conf import settings
 from django.db import DatabaseError, transaction
 
 from . import workflow
@@ -160,5 +163,62 @@ def provider_event_process(*, event_pk: int, carrier: bool = False) -> None:
             logger.warning(
                 "could not queue provider event %s; the sweep sends it", event_pk, exc_info=True
             )
+
+    transaction.on_commit(send)
+
+
+# An endpoint with a delivery task queued and not started yet needs no second one: the one
+# queued drains every due row when it starts (it clears the flag first, so a row committed
+# after that sends a new task). The flag expires, so a task lost with the broker does not
+# silence the endpoint for long; beat's sweep (orders.retry_webhooks) covers that gap too.
+WEBHOOK_QUEUED_TTL_SECONDS = 30
+
+
+def webhook_queued_key(endpoint_id: int) -> str:
+    return f"webhooks:queued:{endpoint_id}"
+
+
+@lru_cache(maxsize=1)
+def _flags() -> redis.Redis:
+    # orders/locks.py's Redis (the locks'), its own client: locks.py builds on orders/state.py,
+    # which builds on this module.
+    return redis.Redis.from_url(settings.LOCK_REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+
+
+def webhook_delivery_send(endpoint_id: int) -> None:
+    """Queue the endpoint's delivery task now, unless one is queued already."""
+    try:
+        if not _flags().set(
+            webhook_queued_key(endpoint_id), 1, nx=True, ex=WEBHOOK_QUEUED_TTL_SECONDS
+        ):
+            return
+    except redis.RedisError:
+        pass  # without the flag a task more is sent: harmless, it finds nothing or drains
+    try:
+        workflow.webhook_delivery(endpoint_id=endpoint_id).apply_async()
+    except Exception:  # any broker library's error: the rows wait for beat's sweep
+        logger.warning(
+            "could not queue the webhook delivery of endpoint %s; the sweep sends it",
+            endpoint_id,
+            exc_info=True,
+        )
+        webhook_queued_clear(endpoint_id)
+
+
+def webhook_queued_clear(endpoint_id: int) -> None:
+    """The task has started (or was never sent): the next event queues a new one."""
+    try:
+        _flags().delete(webhook_queued_key(endpoint_id))
+    except redis.RedisError:
+        pass  # it expires by itself
+
+
+def webhooks_deliver(*, endpoint_ids: list[int]) -> None:
+    """Deliver the endpoints' new webhook events once the current transaction commits; the
+    rows were written in it (orders/outbox.py)."""
+
+    def send() -> None:
+        for endpoint_id in endpoint_ids:
+            webhook_delivery_send(endpoint_id)
 
     transaction.on_commit(send)
