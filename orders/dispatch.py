@@ -222,3 +222,19 @@ def webhooks_deliver(*, endpoint_ids: list[int]) -> None:
             webhook_delivery_send(endpoint_id)
 
     transaction.on_commit(send)
+
+
+def webhook_retry_send(endpoint_id: int, *, countdown: float) -> None:
+    """A run of the endpoint's deliveries in `countdown` seconds (its next retry), unless one
+    is scheduled already for about then."""
+    try:
+        if not _flags().set(
+            f"webhooks:retry:{endpoint_id}", 1, nx=True, px=max(int(countdown * 1000), 1)
+        ):
+            return
+    except redis.RedisError:
+        pass
+    try:
+        workflow.webhook_delivery(endpoint_id=endpoint_id).apply_async(countdown=countdown)
+    except Exception:  # any broker library's error: beat's sweep sends it
+        logger.warning("could not schedule the webhook retry of %s", endpoint_id, exc_info=True)

@@ -595,6 +595,8 @@ class WebhookDelivery(models.Model):
     )
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField()
+    # Retried until then (WEBHOOK_RETRY_HOURS after the event, or after staff's resend).
+    expires_at = models.DateTimeField()
     # A worker's claim: while in the future, no other worker sends it; a claim of a worker
     # that died runs out and the row is sent again (at least once).
     locked_until = models.DateTimeField(null=True, blank=True)

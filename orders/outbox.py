@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Prefetch
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
@@ -102,6 +103,7 @@ def event_record(
     if not endpoint_ids:
         return []
     now = timezone.now()
+    expires_at = now + timedelta(hours=settings.WEBHOOK_RETRY_HOURS)
     event_id = new_event_id()
     body = body_for(
         event_id=event_id,
@@ -117,6 +119,7 @@ def event_record(
             type=event_type,
             body=body,
             next_attempt_at=now,
+            expires_at=expires_at,
             created_at=now,
         )
         for endpoint_id in endpoint_ids
