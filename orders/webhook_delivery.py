@@ -58,7 +58,6 @@ MARGIN_SECONDS = 5.0
 # sweep (a countdown held for hours by a worker would outlive the broker's visibility
 # timeout and come twice).
 COUNTDOWN_MAX_SECONDS = 300.0
-USER_AGENT = "orders-webhooks/1 (+https://www.standardwebhooks.com/)"
 
 
 def time_limits() -> tuple[int, int]:
@@ -91,7 +90,6 @@ def headers_for(endpoint: WebhookEndpoint, *, event_id: str, body: str) -> dict[
     at = timezone.now().replace(microsecond=0)
     return {
         "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
         "webhook-id": event_id,
         "webhook-timestamp": str(int(at.timestamp())),
         "webhook-signature": signature(endpoint, event_id=event_id, at=at, body=body),
