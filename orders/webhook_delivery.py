@@ -80,7 +80,7 @@ def signature(endpoint: WebhookEndpoint, *, event_id: str, at: datetime, body: s
     separated (the specification allows several), so a shop can switch at its own pace."""
     signatures = [Webhook(endpoint.secret).sign(event_id, at, body)]
     expires = endpoint.previous_secret_expires_at
-    if endpoint.previous_secret and expires is not None and at < expires:
+    if endpoint.previous_secret and expires is not None and timezone.now() < expires:
         signatures.append(Webhook(endpoint.previous_secret).sign(event_id, at, body))
     return " ".join(signatures)
 

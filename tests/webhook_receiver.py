@@ -39,6 +39,7 @@ class Receiver:
         self.port = free_port()
         self.requests: list[Received] = []  # every request, verified or not, in arrival order
         self.started: list[str] = []  # webhook-ids whose request began (before any delay)
+        self.started_at: list[float] = []  # and when (time.monotonic())
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -66,6 +67,15 @@ class Receiver:
             by_order.setdefault(request.order_id, []).append(request.type)
         return by_order
 
+    def most_begun_within(self, seconds: float) -> int:
+        """The most requests that began within any `seconds`: with a sender that waits out
+        its timeout on each, at most the sender's attempts in flight."""
+        times = sorted(self.started_at)
+        return max(
+            (sum(1 for t in times[i:] if t - start < seconds) for i, start in enumerate(times)),
+            default=0,
+        )
+
     def unverified(self) -> list[Received]:
         return [r for r in self.requests if not r.verified_by]
 
@@ -74,7 +84,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 receiver._handle(self)
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -98,6 +108,7 @@ class Receiver:
         webhook_id = headers.get("webhook-id", "")
         with self._lock:
             self.started.append(webhook_id)
+            self.started_at.append(time.monotonic())
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
