@@ -120,28 +120,29 @@ def _free(now: datetime) -> Q:
     return Q(locked_until__isnull=True) | Q(locked_until__lt=now)
 
 
-def due(*, now: datetime) -> QuerySet[WebhookDelivery]:
-    """Pending rows whose attempt is due and which no live worker holds."""
-    return WebhookDelivery.objects.filter(
-        _free(now), status=WebhookDeliveryStatus.PENDING, next_attempt_at__lte=now
+def heads(endpoint_id: int | None = None) -> QuerySet[WebhookDelivery]:
+    """Pending rows (the endpoint's, or every endpoint's) with no older pending row of their
+    order in front: the only ones that may be posted (the rest wait their turn)."""
+    in_front = WebhookDelivery.objects.filter(
+        endpoint_id=OuterRef("endpoint_id"),
+        order_id=OuterRef("order_id"),
+        status=WebhookDeliveryStatus.PENDING,
+        pk__lt=OuterRef("pk"),
     )
+    rows = WebhookDelivery.objects.filter(status=WebhookDeliveryStatus.PENDING)
+    if endpoint_id is not None:
+        rows = rows.filter(endpoint_id=endpoint_id)
+    return rows.exclude(Exists(in_front))
 
 
 def _claim(endpoint: WebhookEndpoint, *, limit: int) -> list[WebhookDelivery]:
     """The endpoint's next due rows, oldest first, none behind an older pending row of its
     order, each leased for the time the posts before it may take."""
     now = timezone.now()
-    waiting_behind = WebhookDelivery.objects.filter(
-        endpoint_id=OuterRef("endpoint_id"),
-        order_id=OuterRef("order_id"),
-        status=WebhookDeliveryStatus.PENDING,
-        pk__lt=OuterRef("pk"),
-    )
     with transaction.atomic():
         rows = list(
-            due(now=now)
-            .filter(endpoint=endpoint)
-            .exclude(Exists(waiting_behind))
+            heads(endpoint.pk)
+            .filter(_free(now), next_attempt_at__lte=now)
             .order_by("pk")
             .select_for_update(skip_locked=True, of=("self",))[:limit]
         )
@@ -256,6 +257,15 @@ def _record(
     early) are given back at once."""
     posted = {row.pk for row in done}
     with transaction.atomic():
+        # Locked until the commit: the shop may delete its endpoint (and these rows) while
+        # they were being posted; what is gone has nothing to record.
+        kept = set(
+            WebhookDelivery.objects.select_for_update()
+            .filter(pk__in=[row.pk for row in claimed])
+            .values_list("pk", flat=True)
+        )
+        done = [row for row in done if row.pk in kept]
+        attempts = [attempt for attempt in attempts if attempt.delivery_id in kept]
         WebhookDelivery.objects.bulk_update(
             done,
             [
@@ -309,17 +319,15 @@ def follow_up(endpoint_id: int) -> None:
     """What is left after a run: rows due now get a new run at once; the next retry within
     COUNTDOWN_MAX_SECONDS gets a run with a countdown (once per endpoint and moment)."""
     now = timezone.now()
-    pending = WebhookDelivery.objects.filter(
-        endpoint_id=endpoint_id, endpoint__enabled=True, status=WebhookDeliveryStatus.PENDING
-    )
-    if due(now=now).filter(endpoint_id=endpoint_id).exists():
+    if not WebhookEndpoint.objects.filter(pk=endpoint_id, enabled=True).exists():
+        return
+    # Only rows that may go now count: one waiting behind an older row of its order would
+    # start run after run that finds nothing to post.
+    waiting = heads(endpoint_id).filter(_free(now))
+    if waiting.filter(next_attempt_at__lte=now).exists():
         dispatch.webhook_delivery_send(endpoint_id)
         return
-    upcoming = (
-        pending.filter(_free(now))
-        .order_by("next_attempt_at")
-        .values_list("next_attempt_at", flat=True)
-    ).first()
+    upcoming = waiting.order_by("next_attempt_at").values_list("next_attempt_at", flat=True).first()
     if upcoming is None:
         return
     countdown = max((upcoming - now).total_seconds(), 0.5)
@@ -340,8 +348,8 @@ def sweep() -> dict[str, int]:
         locked_until=None,
     )
     endpoint_ids = list(
-        due(now=now)
-        .filter(endpoint__enabled=True)
+        heads()
+        .filter(_free(now), next_attempt_at__lte=now, endpoint__enabled=True)
         .order_by()
         .values_list("endpoint_id", flat=True)
         .distinct()
