@@ -167,11 +167,16 @@ def provider_event_process(*, event_pk: int, carrier: bool = False) -> None:
     transaction.on_commit(send)
 
 
-# An endpoint with a delivery task queued and not started yet needs no second one: the one
-# queued drains every due row when it starts (it clears the flag first, so a row committed
-# after that sends a new task). The flag expires, so a task lost with the broker does not
-# silence the endpoint for long; beat's sweep (orders.retry_webhooks) covers that gap too.
+# An endpoint with a delivery task queued or running needs no second one: that run drains
+# every due row, and clears the flag only when it found nothing more (then it looks once
+# again, so a row committed in between is not missed). The flag expires, so a task lost
+# with the broker or a worker does not silence the endpoint for long, and beat's sweep
+# (orders.retry_webhooks) sends a run regardless of it.
 WEBHOOK_QUEUED_TTL_SECONDS = 30
+# A run starts this long after the event that queued it, so that the events of the next
+# moments (an order's next steps, other orders of the shop) ride along in the same run
+# instead of a message and a run each.
+WEBHOOK_GATHER_SECONDS = 1.0
 
 
 def webhook_queued_key(endpoint_id: int) -> str:
@@ -185,17 +190,22 @@ def _flags() -> redis.Redis:
     return redis.Redis.from_url(settings.LOCK_REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
 
 
-def webhook_delivery_send(endpoint_id: int) -> None:
-    """Queue the endpoint's delivery task now, unless one is queued already."""
+def webhook_delivery_send(endpoint_id: int, *, gather: bool = False, force: bool = False) -> None:
+    """Queue the endpoint's delivery task, unless one is queued or running already (`force`:
+    even then, for beat's sweep, which must not wait out the flag of a run that died); with
+    `gather`, to start WEBHOOK_GATHER_SECONDS from now."""
     try:
-        if not _flags().set(
+        flagged = _flags().set(
             webhook_queued_key(endpoint_id), 1, nx=True, ex=WEBHOOK_QUEUED_TTL_SECONDS
-        ):
+        )
+        if not flagged and not force:
             return
     except redis.RedisError:
         pass  # without the flag a task more is sent: harmless, it finds nothing or drains
     try:
-        workflow.webhook_delivery(endpoint_id=endpoint_id).apply_async()
+        workflow.webhook_delivery(endpoint_id=endpoint_id).apply_async(
+            countdown=WEBHOOK_GATHER_SECONDS if gather else 0
+        )
     except Exception:  # any broker library's error: the rows wait for beat's sweep
         logger.warning(
             "could not queue the webhook delivery of endpoint %s; the sweep sends it",
@@ -219,7 +229,7 @@ def webhooks_deliver(*, endpoint_ids: list[int]) -> None:
 
     def send() -> None:
         for endpoint_id in endpoint_ids:
-            webhook_delivery_send(endpoint_id)
+            webhook_delivery_send(endpoint_id, gather=True)
 
     transaction.on_commit(send)
 

@@ -13,7 +13,8 @@ RabbitMQ, in a virtual host `bench`), each run in a process of its own:
   web server and the worker);
   With `--webhook-endpoint`, each bench shop has one webhook endpoint subscribed to every
   event (`["*"]`), pointing at a receiver the bench runs on 127.0.0.1 (it verifies every
-  signature and answers 204): the run is `pipeline+webhooks`, and it reports the webhooks
+  signature and answers 204): the run is `pipeline+webhooks` (also a `--what` of its own,
+  so that one session measures the pipeline with and without), and it reports the webhooks
   delivered per order and whether every order's events arrived;
 - `api`, `api-busy`: `POST /api/orders/` latency and requests/s at 1, 16 and 64 clients, the
   workers stopped or running.
@@ -58,8 +59,9 @@ def main() -> None:
     parser.add_argument(
         "--what",
         default="ceiling,pipeline",
-        help="what to run: pipeline, ceiling (bare Celery, the canvas's shape, no-op tasks, "
-        "the pipeline's settings), ceiling-redis (the same, results in Redis), ceiling-bare "
+        help="what to run: pipeline, pipeline+webhooks (as --webhook-endpoint), ceiling (bare "
+        "Celery, the canvas's shape, no-op tasks, the pipeline's settings), ceiling-redis "
+        "(the same, results in Redis), ceiling-bare "
         "and ceiling-bare-redis (on Celery's defaults), api and api-busy (POST /api/orders/ "
         "latency at 1, 16 and 64 clients, workers stopped or running); a list",
     )
@@ -243,6 +245,8 @@ def _one(args) -> None:
     if args.what.startswith("api"):
         _api(args, env, port)
         return
+    if args.what == "pipeline+webhooks":
+        args.webhook_endpoint = True
     _pipeline(args, env, port)
 
 
