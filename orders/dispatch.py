@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import redis
 import structlog
+from celery import current_task
 from celery.canvas import Signature
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -227,9 +228,14 @@ def webhooks_deliver(*, endpoint_ids: list[int]) -> None:
     """Deliver the endpoints' new webhook events once the current transaction commits; the
     rows were written in it (orders/outbox.py)."""
 
+    # Gathered in a worker (the steps' events come in quick succession); sent at once from
+    # the web, whose broker account may not publish delayed messages (RabbitMQ's delayed
+    # delivery exchanges are the workers' only: deploy/rabbitmq/definitions.json).
+    gather = bool(current_task)
+
     def send() -> None:
         for endpoint_id in endpoint_ids:
-            webhook_delivery_send(endpoint_id, gather=True)
+            webhook_delivery_send(endpoint_id, gather=gather)
 
     transaction.on_commit(send)
 
