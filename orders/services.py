@@ -21,7 +21,6 @@ from django.utils import timezone
 from integrations.payments import to_minor_units
 
 from . import crypto, dispatch, outbox
-from .api.serializers import OrderOutputSerializer
 from .errors import ApplicationError, Conflict
 from .models import (
     CANCELLABLE_STATUSES,
@@ -125,7 +124,7 @@ def order_create(
         outbox.event_record(
             order=order,
             event_type="order.created",
-            representation=lambda: dict(OrderOutputSerializer(order).data),
+            representation=lambda: outbox.representation_of(order),
         )
     return order
 

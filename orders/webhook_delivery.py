@@ -33,11 +33,10 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 from redis.exceptions import LockError
 from redis.lock import Lock
-from standardwebhooks.webhooks import Webhook
 
 from integrations.webhook_sender import SendResult, send
 
-from . import dispatch, metrics, notifications
+from . import dispatch, metrics, notifications, webhook_signing
 from .locks import redis_client
 from .models import (
     WebhookAttempt,
@@ -72,28 +71,6 @@ def retry_delay(attempts: int) -> float:
     every retry in the same second."""
     delays = settings.WEBHOOK_RETRY_DELAYS_SECONDS
     return float(delays[min(attempts, len(delays)) - 1]) * random.uniform(1.0, 1.2)
-
-
-# --- Signing ----------------------------------------------------------------------------------
-def signature(endpoint: WebhookEndpoint, *, event_id: str, at: datetime, body: str) -> str:
-    """`v1,<sig>`; during the 24 hours after a rotation also the previous secret's, space
-    separated (the specification allows several), so a shop can switch at its own pace."""
-    signatures = [Webhook(endpoint.secret).sign(event_id, at, body)]
-    expires = endpoint.previous_secret_expires_at
-    if endpoint.previous_secret and expires is not None and timezone.now() < expires:
-        signatures.append(Webhook(endpoint.previous_secret).sign(event_id, at, body))
-    return " ".join(signatures)
-
-
-def headers_for(endpoint: WebhookEndpoint, *, event_id: str, body: str) -> dict[str, str]:
-    # The timestamp is the attempt's: a receiver refuses one older than five minutes.
-    at = timezone.now().replace(microsecond=0)
-    return {
-        "Content-Type": "application/json",
-        "webhook-id": event_id,
-        "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": signature(endpoint, event_id=event_id, at=at, body=body),
-    }
 
 
 # --- Slots: at most WEBHOOK_MAX_IN_FLIGHT runs per endpoint --------------------------------
@@ -215,7 +192,7 @@ def _drain(endpoint: WebhookEndpoint, run: Run | None = None) -> Run:
             result = send(
                 endpoint.url,
                 row.body.encode(),
-                headers_for(endpoint, event_id=row.event_id, body=row.body),
+                webhook_signing.headers_for(endpoint, event_id=row.event_id, body=row.body),
                 timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
                 allow_private=settings.WEBHOOK_ALLOW_PRIVATE_URLS,
             )

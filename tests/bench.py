@@ -370,14 +370,17 @@ def _webhook_endpoints(*, enabled: bool):
 
 def _webhooks_arrived(receiver, ids: list[str], done: float) -> dict[str, object]:
     """Wait until the receiver has every event the outbox holds for the orders (at most a
-    minute), verified; what came per order, and how long after the last order ended."""
+    minute), verified; what came per order, and how long after the last order ended. The
+    outbox is read at each look: the sandbox's parcels go on moving (shipment.delivered)."""
     from orders.models import WebhookDelivery
 
-    expected: dict[str, set[str]] = {}
-    for order_id, event_id in WebhookDelivery.objects.filter(order_id__in=ids).values_list(
-        "order_id", "event_id"
-    ):
-        expected.setdefault(str(order_id), set()).add(event_id)
+    def outbox() -> dict[str, set[str]]:
+        held: dict[str, set[str]] = {}
+        for order_id, event_id in WebhookDelivery.objects.filter(order_id__in=ids).values_list(
+            "order_id", "event_id"
+        ):
+            held.setdefault(str(order_id), set()).add(event_id)
+        return held
 
     def arrived() -> dict[str, set[str]]:
         got: dict[str, set[str]] = {}
@@ -386,9 +389,9 @@ def _webhooks_arrived(receiver, ids: list[str], done: float) -> dict[str, object
         return got
 
     deadline = time.monotonic() + 60
-    while arrived() != expected and time.monotonic() < deadline:
+    while arrived() != outbox() and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
-    got = arrived()
+    got, expected = arrived(), outbox()
     return {
         "webhooks_per_order": round(sum(len(v) for v in got.values()) / len(ids), 2),
         "webhooks_every_order_complete": got == expected and len(expected) == len(ids),

@@ -2,7 +2,7 @@
 signature with standardwebhooks, as a shop would. Every event type of a pipeline run, in
 order per order; the receiver down for 30 s; a worker killed mid-delivery; 410; a slow
 endpoint beside a healthy one; redirects and addresses refused at delivery; the rotated
-secret; and what the outbox costs the hot path and what erasure leaves of it."""
+secret. (The outbox without a worker: tests/test_webhooks_outbox.py.)"""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import pytest
 import requests
 import stripe
 from django.core import mail
-from django.db import connection, transaction
-from django.test.utils import CaptureQueriesContext
+from django.db import transaction
 from django.utils import timezone
 
-from orders import outbox, privacy
+from orders import outbox
 from orders.models import (
     WEBHOOK_EVENT_TYPES,
     Order,
@@ -25,7 +24,6 @@ from orders.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from orders.state import order_transition
 from tests.factories import OrderFactory, ProductFactory, order_payload, token_for
 from tests.helpers import STRIPE_TEST_KEY, gateway_ledger, place, wait_for, wait_for_order
 from tests.webhook_receiver import Receiver
@@ -419,40 +417,3 @@ def test_after_a_rotation_both_secrets_verify_every_event_for_a_day(shop, receiv
     emit(OrderFactory(user=user), "order.created")
     wait_for(lambda: len(receiver.delivered()) == 2, timeout=15, what="the second event")
     assert receiver.delivered()[1].verified_by == [1]
-
-
-# --- The hot path and erasure (no worker) --------------------------------------------------------
-def _transition(order: Order, to: str) -> list[str]:
-    with CaptureQueriesContext(connection) as queries:
-        order_transition(order=order, to=to, step="order", outcome="succeeded", reason_code="x")
-    return [q["sql"] for q in queries.captured_queries if "webhook" in q["sql"]]
-
-
-def test_the_outbox_costs_one_query_without_an_endpoint_and_one_insert_with_two(db):
-    order = OrderFactory(status="paying")
-
-    assert _transition(OrderFactory(status="pending", user=order.user), "reserving") == []
-    [asked] = _transition(order, "shipping")  # order.paid: is anyone subscribed?
-    assert asked.startswith("SELECT") and "orders_webhookendpoint" in asked
-    for url, events in (("https://a.example/", ["*"]), ("https://b.example/", ["order.paid"])):
-        WebhookEndpoint.objects.create(user=order.user, url=url, events=events, secret="whsec_AA")
-    written = _transition(OrderFactory(status="paying", user=order.user), "shipping")
-
-    inserts = [sql for sql in written if sql.startswith('INSERT INTO "orders_webhookdelivery"')]
-    assert len(inserts) == 1  # one bulk insert for both endpoints
-    assert WebhookDelivery.objects.filter(type="order.paid").count() == 2
-
-
-def test_erasing_an_order_erases_its_webhook_payloads(db):
-    order = OrderFactory(status="completed")
-    endpoint = WebhookEndpoint.objects.create(
-        user=order.user, url="https://a.example/", events=["*"], secret="whsec_AAAA"
-    )
-    with transaction.atomic():
-        outbox.event_record(order=order, event_type="order.completed")
-    assert "Ada Lovelace" in WebhookDelivery.objects.get().body
-
-    privacy.order_anonymize(order_id=order.id, reason=privacy.Reason.REQUEST)
-
-    row = WebhookDelivery.objects.get(endpoint=endpoint)
-    assert row.body == "" and row.status == "failed"

@@ -226,6 +226,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "order_create": env("THROTTLE_ORDER_CREATE_RATE", default="120/min"),
         "order_create_anon": env("THROTTLE_ORDER_CREATE_ANON_RATE", default="20/min"),
+        "webhook_endpoints": env("THROTTLE_WEBHOOK_ENDPOINTS_RATE", default="30/min"),
     },
     # Anonymous clients are throttled by address. With None, DRF takes X-Forwarded-For as the
     # address, which any client can write, and so rotate past the limits. Behind N proxies

@@ -19,6 +19,7 @@ from .. import selectors, webhooks
 from ..errors import ApplicationError
 from ..models import WEBHOOK_ALL_EVENTS, WEBHOOK_EVENT_TYPES, WebhookEndpoint
 from .oauth import ScopeRequired, scopes
+from .throttles import WebhookEndpointThrottle
 from .views import error_headers, errors
 
 EVENT_CHOICES = [WEBHOOK_ALL_EVENTS, *WEBHOOK_EVENT_TYPES]
@@ -115,6 +116,7 @@ class WebhookEndpointListCreateView(GenericAPIView):
     permission_classes = [IsAuthenticated, ScopeRequired]
     required_alternate_scopes = scopes(GET=MANAGE, POST=MANAGE)
     serializer_class = EndpointOutputSerializer
+    throttle_classes = [WebhookEndpointThrottle]
 
     @extend_schema(
         operation_id="webhook_endpoints_list",
@@ -134,13 +136,13 @@ class WebhookEndpointListCreateView(GenericAPIView):
         request=EndpointInputSerializer,
         responses={
             201: OpenApiResponse(EndpointWithSecretSerializer, description="Registered."),
-            **errors(400, 401, 403, 413, 415),
+            **errors(400, 401, 403, 413, 415, 429),
         },
         parameters=[
             OpenApiParameter(
                 "Location", str, OpenApiParameter.HEADER, response=[201], required=True
             ),
-            *error_headers(401),
+            *error_headers(401, 429),
         ],
     )
     def post(self, request: Request) -> Response:
@@ -199,6 +201,7 @@ class WebhookEndpointDetailView(APIView):
 class WebhookEndpointRotateSecretView(APIView):
     permission_classes = [IsAuthenticated, ScopeRequired]
     required_alternate_scopes = scopes(POST=MANAGE)
+    throttle_classes = [WebhookEndpointThrottle]
 
     @extend_schema(
         operation_id="webhook_endpoints_rotate_secret",
@@ -208,9 +211,9 @@ class WebhookEndpointRotateSecretView(APIView):
         request=None,
         responses={
             200: EndpointWithSecretSerializer,
-            **errors(401, 403, 404, descriptions={404: NOT_YOURS}),
+            **errors(401, 403, 404, 429, descriptions={404: NOT_YOURS}),
         },
-        parameters=error_headers(401),
+        parameters=error_headers(401, 429),
     )
     def post(self, request: Request, endpoint_id: int) -> Response:
         endpoint, secret = webhooks.endpoint_secret_rotate(endpoint=_endpoint(request, endpoint_id))
