@@ -338,6 +338,9 @@ WEBHOOK_SOFT_LIMIT, WEBHOOK_HARD_LIMIT = webhook_delivery.time_limits()
     max_retries=3,
     soft_time_limit=WEBHOOK_SOFT_LIMIT,
     time_limit=WEBHOOK_HARD_LIMIT,
+    # Frequent and short: no monitoring events (three Redis publishes a run); the attempts
+    # are in the admin's webhook log.
+    send_events=False,
 )
 def deliver_webhooks(*, endpoint_id: int) -> dict[str, Any]:
     return webhook_delivery.endpoint_deliver(endpoint_id=endpoint_id)

@@ -135,17 +135,18 @@ def _claim(endpoint: WebhookEndpoint, *, limit: int) -> list[WebhookDelivery]:
 class Run:
     delivered: int = 0
     failed: int = 0
-    drained: bool = False  # the last claim found nothing due
+    drained: bool = False  # nothing more may go now
     started: float = 0.0  # time.monotonic()
+    upcoming: datetime | None = None  # when the next row may go, as last asked
 
 
 def endpoint_deliver(*, endpoint_id: int) -> dict[str, Any]:
     """The task's work: deliver the endpoint's due rows, within one slot and RUN_SECONDS.
 
-    The endpoint's "queued" flag (orders/dispatch.py) stays set while the run drains, so
-    the events written meanwhile send no task of their own: the run's next claim takes
-    them. It is cleared once the run found nothing more, and the outbox looked at once
-    again, so that an event committed in between is not left for beat's sweep."""
+    The endpoint's "queued" flag (orders/dispatch.py) stays set until the run has posted
+    its first batch, so the events written meanwhile send no task of their own: the run
+    takes them. Once it is cleared, the run asks the outbox what may go next and takes
+    that too; what comes after that question sends a task of its own."""
     endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, enabled=True).first()
     if endpoint is None:
         dispatch.webhook_queued_clear(endpoint_id)
@@ -156,53 +157,74 @@ def endpoint_deliver(*, endpoint_id: int) -> dict[str, Any]:
         return {"busy": True}
     try:
         run = _drain(endpoint)
-        if run.drained and not run.failed:
-            dispatch.webhook_queued_clear(endpoint_id)
-            if _due(endpoint_id).exists():
-                run = _drain(endpoint, run)
     finally:
         _slot_release(slot)
     dispatch.webhook_queued_clear(endpoint_id)
-    # Rows left when the run's time was up get a new run; retries (this run's failures, or
-    # earlier ones still backing off) a run at their time.
-    follow_up(endpoint_id, enabled=endpoint.enabled)
+    if run.failed or not run.drained:
+        # Retries to schedule (this run's failures), or rows left when its time was up.
+        follow_up(endpoint_id, enabled=endpoint.enabled)
+    elif run.upcoming is not None:
+        _retry_at(endpoint_id, run.upcoming)  # an earlier failure's retry, still backing off
     return {"delivered": run.delivered, "failed": run.failed}
 
 
-def _due(endpoint_id: int) -> QuerySet[WebhookDelivery]:
-    now = timezone.now()
-    return heads(endpoint_id).filter(_free(now), next_attempt_at__lte=now)
+def _upcoming(endpoint_id: int, now: datetime) -> datetime | None:
+    """When the endpoint's next row may go (one that waits behind an older row of its order
+    does not count); None if nothing is pending."""
+    return (
+        heads(endpoint_id)
+        .filter(_free(now))
+        .order_by("next_attempt_at")
+        .values_list("next_attempt_at", flat=True)
+        .first()
+    )
 
 
-def _drain(endpoint: WebhookEndpoint, run: Run | None = None) -> Run:
-    run = run or Run()
-    run.drained = False
-    run.started = run.started or time.monotonic()
+def _drain(endpoint: WebhookEndpoint) -> Run:
+    run = Run(started=time.monotonic())
     deadline = run.started + RUN_SECONDS
+    asked = False  # the outbox was asked after an empty claim: another empty one ends the run
     while time.monotonic() < deadline and endpoint.enabled:
         rows = _claim(endpoint, limit=BATCH)
-        if not rows:
+        if not rows and asked:
             run.drained = True
             break
-        attempts: list[WebhookAttempt] = []
-        done: list[WebhookDelivery] = []
-        for row in rows:
-            if run.failed or not endpoint.enabled or time.monotonic() >= deadline:
+        if rows:
+            _post(endpoint, rows, run, deadline)
+            if run.failed:
                 break
-            result = send(
-                endpoint.url,
-                row.body.encode(),
-                webhook_signing.headers_for(endpoint, event_id=row.event_id, body=row.body),
-                timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
-                allow_private=settings.WEBHOOK_ALLOW_PRIVATE_URLS,
-            )
-            attempts.append(_attempt(row, result))
-            _outcome(endpoint, row, result, run)
-            done.append(row)
-        _record(rows, done, attempts)
-        if run.failed:
+        # Once the flag is cleared, one question: may anything go now? Rows committed before
+        # the clearing are seen by it; those after it queue a run of their own.
+        dispatch.webhook_queued_clear(endpoint.pk)
+        now = timezone.now()
+        run.upcoming, asked = _upcoming(endpoint.pk, now), not rows
+        if run.upcoming is None or run.upcoming > now:
+            run.drained = True
             break
     return run
+
+
+def _post(
+    endpoint: WebhookEndpoint, rows: list[WebhookDelivery], run: Run, deadline: float
+) -> None:
+    """Post the claimed rows one after another, until one fails or the run's time is up,
+    and record the outcomes."""
+    attempts: list[WebhookAttempt] = []
+    done: list[WebhookDelivery] = []
+    for row in rows:
+        if run.failed or not endpoint.enabled or time.monotonic() >= deadline:
+            break
+        result = send(
+            endpoint.url,
+            row.body.encode(),
+            webhook_signing.headers_for(endpoint, event_id=row.event_id, body=row.body),
+            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+            allow_private=settings.WEBHOOK_ALLOW_PRIVATE_URLS,
+        )
+        attempts.append(_attempt(row, result))
+        _outcome(endpoint, row, result, run)
+        done.append(row)
+    _record(rows, done, attempts)
 
 
 def _attempt(row: WebhookDelivery, result: SendResult) -> WebhookAttempt:
@@ -322,28 +344,20 @@ def endpoint_disable(endpoint: WebhookEndpoint, *, reason: str) -> None:
 
 # --- After a run, beat's sweep, the log's purge ------------------------------------------------
 def follow_up(endpoint_id: int, *, enabled: bool) -> None:
-    """What is left after a run: rows due now get a new run at once; the next retry within
-    COUNTDOWN_MAX_SECONDS gets a run with a countdown (once per endpoint and moment)."""
-    if not enabled:
-        return
-    now = timezone.now()
-    # Only rows that may go count: one waiting behind an older row of its order would start
-    # run after run that finds nothing to post. One query: the earliest that may go.
-    upcoming = (
-        heads(endpoint_id)
-        .filter(_free(now))
-        .order_by("next_attempt_at")
-        .values_list("next_attempt_at", flat=True)
-        .first()
-    )
-    if upcoming is None:
-        return
-    if upcoming <= now:
+    """What is left after a run: rows that may go now get a new run at once; the next retry
+    within COUNTDOWN_MAX_SECONDS gets a run with a countdown (once per endpoint and moment)."""
+    if enabled:
+        upcoming = _upcoming(endpoint_id, timezone.now())
+        if upcoming is not None:
+            _retry_at(endpoint_id, upcoming)
+
+
+def _retry_at(endpoint_id: int, at: datetime) -> None:
+    countdown = (at - timezone.now()).total_seconds()
+    if countdown <= 0:
         dispatch.webhook_delivery_send(endpoint_id)
-        return
-    countdown = max((upcoming - now).total_seconds(), 0.5)
-    if countdown <= COUNTDOWN_MAX_SECONDS:
-        dispatch.webhook_retry_send(endpoint_id, countdown=countdown)
+    elif countdown <= COUNTDOWN_MAX_SECONDS:
+        dispatch.webhook_retry_send(endpoint_id, countdown=max(countdown, 0.5))
 
 
 def sweep() -> dict[str, int]:
