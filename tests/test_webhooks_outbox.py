@@ -70,3 +70,67 @@ def test_the_body_holds_the_order_exactly_as_the_api_shows_it(db):
     assert body["type"] == "order.paid" and body["id"].startswith("msg_")
     assert body["data"]["order"] == json.loads(json.dumps(api, default=str))
     assert body["data"]["order"]["status"] == "shipping"
+
+
+def test_an_endpoint_failing_for_the_disable_window_is_disabled_and_its_shop_told(db, settings):
+    from datetime import timedelta
+
+    from django.core import mail
+    from django.utils import timezone
+
+    from orders import webhook_delivery
+    from tests.services import free_port
+
+    order = OrderFactory(status="paying")
+    endpoint = WebhookEndpoint.objects.create(
+        user=order.user,
+        url=f"http://127.0.0.1:{free_port()}/closed",  # nothing listens
+        events=["*"],
+        secret="whsec_AAAA",
+        failing_since=timezone.now()
+        - timedelta(hours=settings.WEBHOOK_DISABLE_AFTER_HOURS, minutes=1),
+    )
+    with transaction.atomic():
+        outbox.event_record(order=order, event_type="order.paid")
+
+    # The delivery task's work, called directly: one more failed attempt.
+    webhook_delivery.endpoint_deliver(endpoint_id=endpoint.pk)
+
+    endpoint.refresh_from_db()
+    assert (endpoint.enabled, endpoint.disabled_reason) == (False, "failing")
+    [notice] = mail.outbox
+    assert notice.to == [order.user.email] and endpoint.url in notice.body
+    row = WebhookDelivery.objects.get()
+    assert row.status == "pending" and row.attempts == 1 and row.last_error  # kept to retry
+    assert row.attempt_log.get().error
+
+
+def test_the_log_is_purged_after_its_days_and_expired_rows_of_disabled_endpoints_fail(db, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from orders import webhook_delivery
+    from orders.models import WebhookAttempt
+
+    order = OrderFactory(status="completed")
+    endpoint = WebhookEndpoint.objects.create(
+        user=order.user, url="https://a.example/", events=["*"], secret="whsec_AAAA"
+    )
+    for _ in range(3):
+        with transaction.atomic():
+            outbox.event_record(order=order, event_type="order.completed")
+    old, kept, waiting = WebhookDelivery.objects.order_by("pk")
+    long_ago = timezone.now() - timedelta(days=settings.WEBHOOK_LOG_DAYS, hours=1)
+    WebhookDelivery.objects.filter(pk=old.pk).update(status="delivered", created_at=long_ago)
+    WebhookAttempt.objects.create(delivery=kept, status_code=500)
+    WebhookAttempt.objects.filter(delivery=kept).update(at=long_ago)
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(enabled=False)
+    WebhookDelivery.objects.filter(pk=waiting.pk).update(expires_at=timezone.now())
+
+    assert webhook_delivery.log_purge() == 2  # the old delivery, the old attempt
+    swept = webhook_delivery.sweep()
+
+    assert set(WebhookDelivery.objects.values_list("pk", flat=True)) == {kept.pk, waiting.pk}
+    assert not WebhookAttempt.objects.exists()
+    assert swept["expired"] == 1 and WebhookDelivery.objects.get(pk=waiting.pk).status == "failed"
