@@ -26,6 +26,8 @@ ORDER_QUEUES = (
     "orders.shipping",
     "orders.email",
     "orders.maintenance",
+    # The shops' webhooks: a dead or slow shop endpoint never holds up a step.
+    "orders.webhooks",
 )
 
 
@@ -38,7 +40,7 @@ def is_amqp(broker_url: str) -> bool:
 
 
 def order_queues(broker_url: str, *, delivery_limit: int) -> list[Queue]:
-    """The five step queues, each bound under its own name as routing key.
+    """The step queues (and the webhooks' own), each bound under its own name as routing key.
 
     On RabbitMQ they are quorum queues (replicated and durable, and they survive a broker
     restart with their messages), on a topic exchange: Celery's native delayed delivery,

@@ -25,6 +25,7 @@ from django.utils.safestring import SafeString
 
 from . import (
     admin_clients,  # noqa: F401  registers the API clients' pages
+    admin_webhooks,  # noqa: F401  registers the webhooks' pages
     crypto,
     privacy,
     recovery,

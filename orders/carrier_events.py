@@ -22,7 +22,7 @@ from easypost.util import validate_webhook
 
 from integrations.errors import PermanentError
 
-from . import provider_events
+from . import outbox, provider_events
 from .errors import ApplicationError
 from .models import (
     DELIVERY_PROBLEMS,
@@ -157,3 +157,7 @@ def _status_record(record: ProviderEvent, order: Order, shipment: Shipment, stat
         detail=f"{shipment.carrier} {shipment.tracking_number}: {status.replace('_', ' ')}"
         + ("; staff decide what happens next" if problem else ""),
     )
+    if problem:
+        outbox.event_record(order=order, event_type="shipment.delivery_problem")
+    elif status == TrackingStatus.DELIVERED:
+        outbox.event_record(order=order, event_type="shipment.delivered")

@@ -1,6 +1,6 @@
 """Start-up checks: the timing settings whose order prevents double execution (E001), real
 providers (E002) and TLS to every backing service (E003) where the sandbox is off, and the
-personal data's keys (E004).
+personal data's keys (E004), and no webhook to private addresses in production (E005).
 The timing's reasons are in config/settings/base.py, beside the numbers; TLS's in
 config/tls.py."""
 
@@ -229,9 +229,28 @@ def tls_warnings() -> list[str]:
     ]
 
 
+def webhook_errors() -> list[str]:
+    """A shop's webhook URL is input from outside: where the sandbox is off, letting it name
+    a loopback or private address would let anyone with an API token make our workers call
+    into our own network (the metadata service, Redis, the admin)."""
+    errors = []
+    if settings.WEBHOOK_ALLOW_PRIVATE_URLS and not settings.SANDBOX_ENABLED:
+        errors.append(
+            "WEBHOOK_ALLOW_PRIVATE_URLS is on: shops could point webhooks at private and "
+            "loopback addresses of our network; it is for local development and tests only"
+        )
+    if settings.WEBHOOK_TIMEOUT_SECONDS <= 0 or settings.WEBHOOK_MAX_IN_FLIGHT < 1:
+        errors.append("WEBHOOK_TIMEOUT_SECONDS and WEBHOOK_MAX_IN_FLIGHT must be positive")
+    if not settings.WEBHOOK_RETRY_DELAYS_SECONDS:
+        errors.append("WEBHOOK_RETRY_DELAYS_SECONDS is empty: failed deliveries need a backoff")
+    return errors
+
+
 def startup_errors() -> list[str]:
     """What stops a web server (system checks) and a worker (config/celery.py) from starting."""
-    return timing_errors() + provider_errors() + tls_errors() + field_key_errors()
+    return (
+        timing_errors() + provider_errors() + tls_errors() + field_key_errors() + webhook_errors()
+    )
 
 
 @checks.register("orders")
@@ -259,3 +278,8 @@ def check_backend_tls(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
     return [checks.Error(message, id="orders.E003") for message in tls_errors()] + [
         checks.Warning(message, id="orders.W003") for message in tls_warnings()
     ]
+
+
+@checks.register("orders")
+def check_webhooks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    return [checks.Error(message, id="orders.E005") for message in webhook_errors()]

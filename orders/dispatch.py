@@ -17,9 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 
+import redis
 import structlog
+from celery import current_task
 from celery.canvas import Signature
+from django.conf import settings
 from django.db import DatabaseError, transaction
 
 from . import workflow
@@ -162,3 +166,91 @@ def provider_event_process(*, event_pk: int, carrier: bool = False) -> None:
             )
 
     transaction.on_commit(send)
+
+
+# An endpoint with a delivery task queued or running needs no second one: that run drains
+# every due row, and clears the flag only when it found nothing more (then it looks once
+# again, so a row committed in between is not missed). The flag expires, so a task lost
+# with the broker or a worker does not silence the endpoint for long, and beat's sweep
+# (orders.retry_webhooks) sends a run regardless of it.
+WEBHOOK_QUEUED_TTL_SECONDS = 30
+# A run starts this long after the event that queued it, so that the events of the next
+# moments (an order's next steps, other orders of the shop) ride along in the same run
+# instead of a message and a run each.
+WEBHOOK_GATHER_SECONDS = 1.0
+
+
+def webhook_queued_key(endpoint_id: int) -> str:
+    return f"webhooks:queued:{endpoint_id}"
+
+
+@lru_cache(maxsize=1)
+def _flags() -> redis.Redis:
+    # orders/locks.py's Redis (the locks'), its own client: locks.py builds on orders/state.py,
+    # which builds on this module.
+    return redis.Redis.from_url(settings.LOCK_REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+
+
+def webhook_delivery_send(endpoint_id: int, *, gather: bool = False, force: bool = False) -> None:
+    """Queue the endpoint's delivery task, unless one is queued or running already (`force`:
+    even then, for beat's sweep, which must not wait out the flag of a run that died); with
+    `gather`, to start WEBHOOK_GATHER_SECONDS from now."""
+    try:
+        flagged = _flags().set(
+            webhook_queued_key(endpoint_id), 1, nx=True, ex=WEBHOOK_QUEUED_TTL_SECONDS
+        )
+        if not flagged and not force:
+            return
+    except redis.RedisError:
+        pass  # without the flag a task more is sent: harmless, it finds nothing or drains
+    try:
+        workflow.webhook_delivery(endpoint_id=endpoint_id).apply_async(
+            countdown=WEBHOOK_GATHER_SECONDS if gather else 0
+        )
+    except Exception:  # any broker library's error: the rows wait for beat's sweep
+        logger.warning(
+            "could not queue the webhook delivery of endpoint %s; the sweep sends it",
+            endpoint_id,
+            exc_info=True,
+        )
+        webhook_queued_clear(endpoint_id)
+
+
+def webhook_queued_clear(endpoint_id: int) -> None:
+    """The task has started (or was never sent): the next event queues a new one."""
+    try:
+        _flags().delete(webhook_queued_key(endpoint_id))
+    except redis.RedisError:
+        pass  # it expires by itself
+
+
+def webhooks_deliver(*, endpoint_ids: list[int]) -> None:
+    """Deliver the endpoints' new webhook events once the current transaction commits; the
+    rows were written in it (orders/outbox.py)."""
+
+    # Gathered in a worker (the steps' events come in quick succession); sent at once from
+    # the web, whose broker account may not publish delayed messages (RabbitMQ's delayed
+    # delivery exchanges are the workers' only: deploy/rabbitmq/definitions.json).
+    gather = bool(current_task)
+
+    def send() -> None:
+        for endpoint_id in endpoint_ids:
+            webhook_delivery_send(endpoint_id, gather=gather)
+
+    transaction.on_commit(send)
+
+
+def webhook_retry_send(endpoint_id: int, *, countdown: float) -> None:
+    """A run of the endpoint's deliveries in `countdown` seconds (its next retry), unless one
+    is scheduled already for about then."""
+    try:
+        if not _flags().set(
+            f"webhooks:retry:{endpoint_id}", 1, nx=True, px=max(int(countdown * 1000), 1)
+        ):
+            return
+    except redis.RedisError:
+        pass
+    try:
+        workflow.webhook_delivery(endpoint_id=endpoint_id).apply_async(countdown=countdown)
+    except Exception:  # any broker library's error: beat's sweep sends it
+        logger.warning("could not schedule the webhook retry of %s", endpoint_id, exc_info=True)

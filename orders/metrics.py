@@ -67,6 +67,25 @@ THROTTLE_FAIL_OPEN = Counter(
     "Requests let through unthrottled because the throttle's cache was unreachable",
     ["scope"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "webhook_deliveries_total",
+    "Webhook attempts by outcome: delivered, retrying, failed (given up), gone (410)",
+    ["outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "webhook_delivery_latency_seconds",
+    "From the order event to its delivery to the shop's endpoint",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 6 * 3600, 24 * 3600),
+)
+
+
+def webhook_delivered(*, latency: float) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
+    WEBHOOK_LATENCY.observe(max(latency, 0.0))
+
+
+def webhook_attempt_failed(outcome: str) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
 
 
 def _count(

@@ -485,6 +485,7 @@ API_SCOPES = {
     "orders:read": "Read your orders",
     "orders:write": "Place and cancel orders",
     "products:read": "Read the catalogue",
+    "webhooks:manage": "Register and manage webhook endpoints",
 }
 
 
@@ -511,3 +512,142 @@ class ApiClient(AbstractApplication):
     def is_usable(self, request: Any) -> bool:
         # A revoked client gets no token; the shop's account must still be active.
         return self.revoked_at is None and self.user is not None and self.user.is_active
+
+
+# --- Webhooks to the shops ------------------------------------------------------------------
+# The events a shop may subscribe to (or "*" for all), and what each means.
+WEBHOOK_EVENT_TYPES: dict[str, str] = {
+    "order.created": "The order was accepted by the API.",
+    "order.paid": "The payment was captured; the shipment is being created.",
+    "order.awaiting_payment_action": "The card needs the customer's authentication (3-D Secure).",
+    "order.shipped": "The label is bought: the goods are on their way.",
+    "order.completed": "Shipped and confirmed to the customer.",
+    "order.failed": "A step failed for good; stock released, any charge refunded.",
+    "order.cancelled": "Cancelled before shipment; stock released, any charge refunded.",
+    "order.refunded": "A refund was recorded (ours, or one made at Stripe).",
+    "shipment.delivered": "The carrier delivered the parcel.",
+    "shipment.delivery_problem": "The parcel is returned to sender or lost.",
+}
+WEBHOOK_ALL_EVENTS = "*"
+
+
+class WebhookEndpoint(models.Model):
+    """A shop's URL that receives its orders' events, signed with its secret (Standard
+    Webhooks). The secret is stored encrypted and shown once; after a rotation the previous
+    one keeps signing beside it until previous_secret_expires_at."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_endpoints"
+    )
+    url = models.URLField(max_length=2000)
+    events = models.JSONField(default=list)  # event types, or ["*"]
+    enabled = models.BooleanField(default=True)
+    # Why it was disabled: "gone" (it answered 410), "failing" (WEBHOOK_DISABLE_AFTER_HOURS),
+    # "shop" (the shop's PATCH); empty while enabled.
+    disabled_reason = models.CharField(max_length=32, blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    secret = EncryptedTextField()
+    previous_secret = EncryptedTextField(blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    # Set by the first failed attempt after a success, cleared by the next success.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            # The hot path: every event asks which enabled endpoints the order's shop has.
+            models.Index(fields=["user", "enabled"], name="webhook_endpoint_user_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.url} ({'enabled' if self.enabled else 'disabled'})"
+
+    def subscribed(self, event_type: str) -> bool:
+        return WEBHOOK_ALL_EVENTS in self.events or event_type in self.events
+
+
+class WebhookDeliveryStatus(models.TextChoices):
+    PENDING = "pending"  # waiting for its (next) attempt
+    DELIVERED = "delivered"  # a 2xx came back
+    FAILED = "failed"  # given up: WEBHOOK_RETRY_HOURS passed, or its order's data was erased
+
+
+class WebhookDelivery(models.Model):
+    """The outbox: one event for one endpoint, written in the transaction of the change that
+    caused it, delivered by orders.deliver_webhooks. `event_id` is the webhook-id, the same
+    on every attempt; `body` the exact JSON sent (the order as the API showed it then)."""
+
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    order = models.ForeignKey(
+        Order, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    event_id = models.CharField(max_length=64)
+    type = models.CharField(max_length=64)
+    body = EncryptedTextField(blank=True)  # personal data (the address): encrypted
+    status = models.CharField(
+        max_length=16,
+        choices=WebhookDeliveryStatus.choices,
+        default=WebhookDeliveryStatus.PENDING,
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    # Retried until then (WEBHOOK_RETRY_HOURS after the event, or after staff's resend).
+    expires_at = models.DateTimeField()
+    # A worker's claim: while in the future, no other worker sends it; a claim of a worker
+    # that died runs out and the row is sent again (at least once).
+    locked_until = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(db_index=True)  # when the event happened
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "webhook deliveries"
+        permissions = [("resend_webhook", "Can resend a webhook delivery")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "event_id"], name="webhook_delivery_unique_event"
+            )
+        ]
+        indexes = [
+            # What is due for an endpoint, and what waits in front of a row for its order.
+            models.Index(
+                fields=["endpoint", "next_attempt_at"],
+                name="webhook_delivery_due_idx",
+                condition=Q(status="pending"),
+            ),
+            models.Index(
+                fields=["endpoint", "order", "id"],
+                name="webhook_delivery_order_idx",
+                condition=Q(status="pending"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class WebhookAttempt(models.Model):
+    """One POST of a delivery: what came back and how long it took."""
+
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    at = models.DateTimeField(auto_now_add=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    elapsed_ms = models.FloatField(default=0)
+    error = models.CharField(max_length=500, blank=True)
+    # The start of the shop's answer (WEBHOOK sender reads a few KiB at most); it may echo
+    # the payload, so it is encrypted like it.
+    response = EncryptedTextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.status_code or self.error} in {self.elapsed_ms:.0f} ms"

@@ -21,10 +21,11 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from integrations.email import send_email
+from integrations.errors import PermanentError, TransientError
 
 from .inserts import insert_once
 from .locks import redis_client
-from .models import Notification, Order, Outcome, Shipment
+from .models import Notification, Order, Outcome, Shipment, WebhookEndpoint
 from .state import event_record
 
 logger = logging.getLogger(__name__)
@@ -118,3 +119,35 @@ def _notification_of(*, order: Order, kind: str) -> Notification:
     if insert_once(fresh, conflict=["order", "kind"]):
         return fresh
     return Notification.objects.get(order=order, kind=kind)
+
+
+def webhook_endpoint_disabled_send(*, endpoint: WebhookEndpoint, reason: str) -> bool:
+    """Tell the shop (its account's email) that its webhook endpoint was disabled, once per
+    disabling. Best effort: the endpoint's state in the API says the same."""
+    to = endpoint.user.email
+    if not to:
+        return False
+    why = {
+        "gone": "it answered 410 Gone, which says it will take no more events",
+        "failing": "every attempt to deliver to it has failed for "
+        f"{settings.WEBHOOK_DISABLE_AFTER_HOURS:g} hours",
+    }
+    body = (
+        f"Your webhook endpoint {endpoint.url} (id {endpoint.pk}) was disabled: "
+        f"{why.get(reason, reason)}.\n\n"
+        "Events for it are kept and retried for their retry window: enable it again with "
+        f'PATCH /api/webhook-endpoints/{endpoint.pk}/ and {{"enabled": true}} once it '
+        "answers 2xx.\n"
+    )
+    at = endpoint.disabled_at or timezone.now()
+    try:
+        send_email(
+            to=to,
+            subject="Your webhook endpoint was disabled",
+            body=body,
+            message_id=f"<webhook-{endpoint.pk}.{int(at.timestamp())}@orders.invalid>",
+        )
+    except (PermanentError, TransientError) as exc:
+        logger.warning("could not tell the shop that endpoint %s is disabled: %s", endpoint.pk, exc)
+        return False
+    return True

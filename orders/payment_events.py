@@ -26,7 +26,7 @@ from django.utils import timezone
 from integrations.errors import PermanentError
 from integrations.payments import get_payment_gateway
 
-from . import dispatch, provider_events, services
+from . import dispatch, outbox, provider_events, services
 from .errors import ApplicationError
 from .models import (
     COMPENSATED_STATUSES,
@@ -206,6 +206,8 @@ def _charge_refunded(record: ProviderEvent, obj: dict) -> tuple[Order | None, st
                 detail=f"refunded {amount} {payment.currency} at Stripe, outside the backend "
                 f"({refund_id}); the order is left as it is",
             )
+        if new:  # our own refunds were told when compensation recorded them
+            outbox.event_record(order=order, event_type="order.refunded")
     return order, "recorded" if new else "ours"
 
 

@@ -30,6 +30,9 @@ from .models import (
     Outcome,
     ProviderEvent,
     Step,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookDeliveryStatus,
 )
 from .state import SYSTEM, Actor, event_record, lock_order
 
@@ -83,6 +86,17 @@ def order_anonymize(*, order_id: OrderId, reason: str, actor: Actor = SYSTEM) ->
         _stored_responses(order).delete()
         # The providers' events about it carry the payment method and the parcel's addresses.
         ProviderEvent.objects.filter(order=order).update(payload={"erased": True})
+        # The shops' webhooks carry the order as the API showed it: their bodies go, and one
+        # not delivered yet is given up rather than sent with the data erased.
+        WebhookDelivery.objects.filter(order=order, status=WebhookDeliveryStatus.PENDING).update(
+            status=WebhookDeliveryStatus.FAILED,
+            last_error="erased with the order's personal data",
+            locked_until=None,
+        )
+        WebhookDelivery.objects.filter(order=order).exclude(body="").update(body="")
+        WebhookAttempt.objects.filter(delivery__order=order).exclude(response="").update(
+            response=""
+        )
         event_record(
             order=order,
             step=Step.PRIVACY,

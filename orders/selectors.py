@@ -5,10 +5,18 @@ from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
 from django.utils import timezone
 
-from .models import TERMINAL_STATUSES, Order, OrderEvent, Product
+from .models import (
+    TERMINAL_STATUSES,
+    Order,
+    OrderEvent,
+    Product,
+    WebhookDelivery,
+    WebhookDeliveryStatus,
+    WebhookEndpoint,
+)
 
 
 def product_list() -> QuerySet[Product]:
@@ -41,4 +49,25 @@ def orders_stalled(*, now: datetime | None = None) -> QuerySet[Order]:
         Order.objects.exclude(status__in=TERMINAL_STATUSES)
         .filter(updated_at__lt=cutoff)
         .exclude(Exists(recent))
+    )
+
+
+def webhook_endpoint_list(*, user: User) -> QuerySet[WebhookEndpoint]:
+    """The shop's own endpoints (staff too see only their own here: the admin shows all)."""
+    return WebhookEndpoint.objects.filter(user=user).order_by("created_at", "id")
+
+
+def webhook_endpoint_get(*, user: User, endpoint_id: int) -> WebhookEndpoint | None:
+    """None both when it does not exist and when it is another shop's."""
+    return webhook_endpoint_list(user=user).filter(pk=endpoint_id).first()
+
+
+def webhook_waiting_by_endpoint() -> dict[int, int]:
+    """Webhook events not delivered yet, per endpoint (the pending rows' partial index)."""
+    return dict(
+        WebhookDelivery.objects.filter(status=WebhookDeliveryStatus.PENDING)
+        .order_by()
+        .values_list("endpoint_id")
+        .annotate(n=Count("id"))
+        .values_list("endpoint_id", "n")
     )

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from integrations.payments import to_minor_units
 
-from . import crypto, dispatch
+from . import crypto, dispatch, outbox
 from .errors import ApplicationError, Conflict
 from .models import (
     CANCELLABLE_STATUSES,
@@ -119,7 +119,13 @@ def order_create(
         )
         # If the broker is down the order is still accepted: the recovery sweep starts it.
         dispatch.workflow_start(order_id=order.id, line_ids=[line.pk for line in created_lines])
-    _related_known(order, lines=created_lines, events=[created])
+        _related_known(order, lines=created_lines, events=[created])
+        # The shops' order.created: the order as the API answers this POST, from memory.
+        outbox.event_record(
+            order=order,
+            event_type="order.created",
+            representation=lambda: outbox.representation_of(order),
+        )
     return order
 
 

@@ -18,7 +18,7 @@ from integrations.errors import PermanentError, ProviderError, TransientError
 from integrations.payments import ChargeResult, ChargeStatus, GatewayCharge, get_payment_gateway
 from integrations.shipping import Carrier, CarrierShipment, get_carrier
 
-from . import dispatch, services
+from . import dispatch, outbox, services
 from .errors import StepNotReady
 from .inserts import insert_once
 from .models import (
@@ -785,7 +785,28 @@ def _settle_charges(*, order: Order, payment: Payment, attempt: int) -> None:
     elif payment.status != PaymentStatus.DECLINED:
         settled.update(status=PaymentStatus.NOT_CHARGED)
     settled["refund_id"] = next((r for r in refund_ids if r), "")
-    # Only these fields: a webhook may have recorded a dispute meanwhile.
+    # Only these fields: a webhook may have recorded a dispute meanwhile. The refund, its
+    # timeline entry and the shops' order.refunded commit together.
+    with transaction.atomic():
+        _settled_record(
+            order=order,
+            payment=payment,
+            settled=settled,
+            refund_ids=refund_ids,
+            cancelled=cancelled,
+            attempt=attempt,
+        )
+
+
+def _settled_record(
+    *,
+    order: Order,
+    payment: Payment,
+    settled: dict[str, Any],
+    refund_ids: list[str],
+    cancelled: list[str],
+    attempt: int,
+) -> None:
     Payment.objects.filter(pk=payment.pk).update(**settled, updated_at=timezone.now())
     payment.refresh_from_db()
     event_record(
@@ -806,3 +827,5 @@ def _settle_charges(*, order: Order, payment: Payment, attempt: int) -> None:
             + (f"; cancelled {', '.join(cancelled)}" if cancelled else "")
         ),
     )
+    if refund_ids:
+        outbox.event_record(order=order, event_type="order.refunded")

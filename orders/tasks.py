@@ -32,6 +32,7 @@ from . import (
     recovery,
     services,
     steps,
+    webhook_delivery,
 )
 from .errors import StepNotReady
 from .locks import StepBusy, UniqueStepTask
@@ -319,3 +320,37 @@ def process_provider_event(*, event_pk: int) -> str:
 @shared_task(name=TaskName.PROCESS_CARRIER_EVENT, ignore_result=True, **EVENT_TASK_OPTIONS)
 def process_carrier_event(*, event_pk: int) -> str:
     return carrier_events.easypost_event_process(event_pk=event_pk)
+
+
+# The shops' webhooks (orders/webhook_delivery.py). A run that hits a database or Redis
+# error is tried again; one that dies leaves leases that run out, and beat's sweep sends
+# the endpoint a new run.
+WEBHOOK_SOFT_LIMIT, WEBHOOK_HARD_LIMIT = webhook_delivery.time_limits()
+
+
+@shared_task(
+    name=TaskName.DELIVER_WEBHOOKS,
+    ignore_result=True,
+    autoretry_for=(OperationalError, InterfaceError, RedisError),
+    retry_backoff=1,
+    retry_backoff_max=settings.TASK_RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    max_retries=3,
+    soft_time_limit=WEBHOOK_SOFT_LIMIT,
+    time_limit=WEBHOOK_HARD_LIMIT,
+    # Frequent and short: no monitoring events (three Redis publishes a run); the attempts
+    # are in the admin's webhook log.
+    send_events=False,
+)
+def deliver_webhooks(*, endpoint_id: int) -> dict[str, Any]:
+    return webhook_delivery.endpoint_deliver(endpoint_id=endpoint_id)
+
+
+@shared_task(name=TaskName.RETRY_WEBHOOKS, ignore_result=True)
+def retry_webhooks() -> dict[str, int]:
+    return webhook_delivery.sweep()
+
+
+@shared_task(name=TaskName.PURGE_WEBHOOK_LOG, ignore_result=True)
+def purge_webhook_log() -> int:
+    return webhook_delivery.log_purge()

@@ -20,7 +20,7 @@ from config.celery import app as celery_app
 
 from . import metrics as order_metrics
 from .models import TERMINAL_STATUSES, Order
-from .selectors import orders_stalled
+from .selectors import orders_stalled, webhook_waiting_by_endpoint
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -130,4 +130,12 @@ def metrics(request: HttpRequest) -> HttpResponse:
         settings.CELERY_BROKER_URL, settings.ORDER_QUEUES, use_ssl=settings.CELERY_BROKER_USE_SSL
     ).items():
         depth.labels(queue=queue).set(count)
+    waiting = Gauge(
+        "webhook_events_waiting",
+        "Webhook events not delivered yet (pending), per endpoint",
+        ["endpoint"],
+        registry=gauges,
+    )
+    for endpoint_id, count in webhook_waiting_by_endpoint().items():
+        waiting.labels(endpoint=str(endpoint_id)).set(count)
     return HttpResponse(order_metrics.exposition(extra=gauges), content_type=CONTENT_TYPE_LATEST)

@@ -34,6 +34,9 @@ class TaskName:
     ANONYMIZE_EXPIRED_ORDERS = "orders.anonymize_expired_orders"
     PROCESS_PROVIDER_EVENT = "orders.process_provider_event"
     PROCESS_CARRIER_EVENT = "orders.process_carrier_event"
+    DELIVER_WEBHOOKS = "orders.deliver_webhooks"
+    RETRY_WEBHOOKS = "orders.retry_webhooks"
+    PURGE_WEBHOOK_LOG = "orders.purge_webhook_log"
 
 
 def _step(name: str, *, immutable: bool = True, **kwargs: object) -> Signature:
@@ -76,3 +79,8 @@ def provider_event(*, event_pk: int, carrier: bool = False) -> Signature:
 def compensation(*, order_id: OrderId) -> Signature:
     """Refund what was charged and tell the customer, for a failed or cancelled order."""
     return _step(TaskName.COMPENSATE_ORDER, order_id=str(order_id))
+
+
+def webhook_delivery(*, endpoint_id: int) -> Signature:
+    """Deliver an endpoint's due webhook events (orders/webhook_delivery.py)."""
+    return _step(TaskName.DELIVER_WEBHOOKS, endpoint_id=endpoint_id)

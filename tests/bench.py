@@ -11,6 +11,11 @@ RabbitMQ, in a virtual host `bench`), each run in a process of its own:
   one worker: orders/s end to end, the time from `201` to `completed`, and the cost of one
   order counted (SQL transactions and rows, Redis commands, provider calls, CPU ms of the
   web server and the worker);
+  With `--webhook-endpoint`, each bench shop has one webhook endpoint subscribed to every
+  event (`["*"]`), pointing at a receiver the bench runs on 127.0.0.1 (it verifies every
+  signature and answers 204): the run is `pipeline+webhooks` (also a `--what` of its own,
+  so that one session measures the pipeline with and without), and it reports the webhooks
+  delivered per order and whether every order's events arrived;
 - `api`, `api-busy`: `POST /api/orders/` latency and requests/s at 1, 16 and 64 clients, the
   workers stopped or running.
 Prints every run and Markdown tables (the pipeline's share of its ceiling), and writes them
@@ -54,8 +59,9 @@ def main() -> None:
     parser.add_argument(
         "--what",
         default="ceiling,pipeline",
-        help="what to run: pipeline, ceiling (bare Celery, the canvas's shape, no-op tasks, "
-        "the pipeline's settings), ceiling-redis (the same, results in Redis), ceiling-bare "
+        help="what to run: pipeline, pipeline+webhooks (as --webhook-endpoint), ceiling (bare "
+        "Celery, the canvas's shape, no-op tasks, the pipeline's settings), ceiling-redis "
+        "(the same, results in Redis), ceiling-bare "
         "and ceiling-bare-redis (on Celery's defaults), api and api-busy (POST /api/orders/ "
         "latency at 1, 16 and 64 clients, workers stopped or running); a list",
     )
@@ -68,6 +74,12 @@ def main() -> None:
         "pipeline is measured from placed to completed against its ceiling; 5 (the "
         "sandbox's own default) moves them inside the run, and the figures then carry "
         "whatever share of the tracking events the run's length lets in",
+    )
+    parser.add_argument(
+        "--webhook-endpoint",
+        action="store_true",
+        help="pipeline runs with one webhook endpoint per shop subscribed to every event, "
+        "delivering to a receiver on 127.0.0.1",
     )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one run, in a child
     args = parser.parse_args()
@@ -83,6 +95,7 @@ def main() -> None:
                 argv += ["--broker", broker, "--concurrency", concurrency, "--what", what]
                 argv += ["--reuse-max", str(args.reuse_max)]
                 argv += ["--tracking-step", str(args.tracking_step)]
+                argv += ["--webhook-endpoint"] if args.webhook_endpoint else []
                 done = subprocess.run(argv, capture_output=True, text=True)
                 if done.returncode:
                     raise SystemExit(f"{what} on {broker} failed:\n{done.stderr[-3000:]}")
@@ -184,6 +197,22 @@ def _tables(results: list[dict]) -> str:
             lines.append(
                 f"| {r['broker']} | {r['concurrency']} | {r['orders_in_database']} | {figures} |"
             )
+    hooked = [r for r in runs if "webhooks_per_order" in r]
+    if hooked:
+        lines += [
+            "",
+            (
+                "| broker | worker processes | webhooks per order | every order's events arrived "
+                "| unverified | drained after the last order, s |"
+            ),
+            "|---|---|---|---|---|---|",
+        ]
+        for r in hooked:
+            lines.append(
+                f"| {r['broker']} | {r['concurrency']} | {r['webhooks_per_order']} "
+                f"| {r['webhooks_every_order_complete']} | {r['webhooks_unverified']} "
+                f"| {r['webhooks_drained_after_s']} |"
+            )
     return "\n".join(lines)
 
 
@@ -228,6 +257,8 @@ def _one(args) -> None:
     if args.what.startswith("api"):
         _api(args, env, port)
         return
+    if args.what == "pipeline+webhooks":
+        args.webhook_endpoint = True
     _pipeline(args, env, port)
 
 
@@ -287,9 +318,13 @@ def _pipeline(args, env: dict, port: int) -> None:
     access_log = f"/tmp/bench-access-{port}.log"
     procs = [_start_web(port, env, access_log=access_log), _start_worker(args.concurrency, env)]
     payload = order_payload(("BENCH-A", 1), ("BENCH-B", 1))
+    receiver = None
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz")
         tokens = _tokens(PLACING_CLIENTS, f"http://127.0.0.1:{port}")
+        receiver = _webhook_endpoints(enabled=args.webhook_endpoint)
+        if receiver is not None:
+            args.what = "pipeline+webhooks"
         time.sleep(3)  # the worker's pool
         before = _costs(procs, access_log)
         start = time.monotonic()
@@ -297,9 +332,12 @@ def _pipeline(args, env: dict, port: int) -> None:
         created = time.monotonic()
         _wait_terminal(ids, start)
         done = time.monotonic()
+        webhooks = _webhooks_arrived(receiver, ids, done) if receiver is not None else {}
         after = _costs(procs, access_log)
     finally:
         _stop(procs)
+        if receiver is not None:
+            receiver.stop()
     from orders.models import Order
 
     orders = Order.objects.filter(pk__in=ids)
@@ -314,9 +352,64 @@ def _pipeline(args, env: dict, port: int) -> None:
         "created_to_completed_p50_s": round(latencies[len(latencies) // 2], 2),
         "created_to_completed_p99_s": round(latencies[int(len(latencies) * 0.99)], 2),
         "per_order": per_order,
+        **webhooks,
     }
     print(f"cost of one order: {per_order}")
+    if webhooks:
+        print(f"webhooks: {webhooks}")
     _report(args, completed=completed.count(), start=start, created=created, done=done, **extra)
+
+
+def _webhook_endpoints(*, enabled: bool):
+    """The bench shops' webhook endpoints: none (a run without them never inherits a previous
+    run's, the database is kept), or one per shop subscribed to every event, all pointing at
+    one receiver started here. Returns the receiver."""
+    from orders import webhooks
+    from orders.models import WebhookEndpoint
+    from tests.webhook_receiver import Receiver
+
+    WebhookEndpoint.objects.filter(user__username__startswith="bench-client-").delete()
+    if not enabled:
+        return None
+    from django.contrib.auth import get_user_model
+
+    receiver = Receiver().start()
+    for user in get_user_model().objects.filter(username__startswith="bench-client-"):
+        _, secret = webhooks.endpoint_create(user=user, url=receiver.url, events=["*"])
+        receiver.secrets.append(secret)
+    return receiver
+
+
+def _webhooks_arrived(receiver, ids: list[str], done: float) -> dict[str, object]:
+    """Wait until the receiver has every event the outbox holds for the orders (at most a
+    minute), verified; what came per order, and how long after the last order ended. The
+    outbox is read at each look: the sandbox's parcels go on moving (shipment.delivered)."""
+    from orders.models import WebhookDelivery
+
+    def outbox() -> dict[str, set[str]]:
+        held: dict[str, set[str]] = {}
+        for order_id, event_id in WebhookDelivery.objects.filter(order_id__in=ids).values_list(
+            "order_id", "event_id"
+        ):
+            held.setdefault(str(order_id), set()).add(event_id)
+        return held
+
+    def arrived() -> dict[str, set[str]]:
+        got: dict[str, set[str]] = {}
+        for request in receiver.delivered():
+            got.setdefault(request.order_id, set()).add(request.webhook_id)
+        return got
+
+    deadline = time.monotonic() + 60
+    while arrived() != outbox() and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    got, expected = arrived(), outbox()
+    return {
+        "webhooks_per_order": round(sum(len(v) for v in got.values()) / len(ids), 2),
+        "webhooks_every_order_complete": got == expected and len(expected) == len(ids),
+        "webhooks_unverified": len(receiver.unverified()),
+        "webhooks_drained_after_s": round(time.monotonic() - done, 2),
+    }
 
 
 def _place(url: str, payload: dict, tokens: list[str], count: int) -> list[str]:

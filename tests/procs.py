@@ -65,6 +65,7 @@ _OWN_PREFIXES = (
     "STRIPE_",
     "EASYPOST_",
     "SHIPPING_",
+    "WEBHOOK_",
 )
 _OWN_NAMES = {
     "PROMETHEUS_MULTIPROC_DIR",

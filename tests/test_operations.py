@@ -199,7 +199,7 @@ def test_every_metric_the_dashboard_and_the_alerts_name_is_exported(client, db):
     named = {
         re.sub(r"_(bucket|count|sum)$", "", name)
         for expr in expressions
-        for name in re.findall(r"\b((?:orders?|celery|throttle|sign_in)_[a-z_]+)\b", expr)
+        for name in re.findall(r"\b((?:orders?|celery|throttle|sign_in|webhook)_[a-z_]+)\b", expr)
     }
     exported = {
         m._name for m in vars(order_metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")
@@ -215,4 +215,6 @@ def test_every_metric_the_dashboard_and_the_alerts_name_is_exported(client, db):
         "CeleryQueueGrowing",
         "NoWorkerConsuming",
         "SignInLockouts",
+        "WebhookBacklogGrowing",
+        "WebhookDeliveriesFailing",
     }

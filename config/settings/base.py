@@ -226,6 +226,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "order_create": env("THROTTLE_ORDER_CREATE_RATE", default="120/min"),
         "order_create_anon": env("THROTTLE_ORDER_CREATE_ANON_RATE", default="20/min"),
+        "webhook_endpoints": env("THROTTLE_WEBHOOK_ENDPOINTS_RATE", default="30/min"),
     },
     # Anonymous clients are throttled by address. With None, DRF takes X-Forwarded-For as the
     # address, which any client can write, and so rotate past the limits. Behind N proxies
@@ -360,6 +361,29 @@ ORDER_EMAIL_DEADLINE_SECONDS = env.int("ORDER_EMAIL_DEADLINE_SECONDS", default=2
 ORDER_PAYMENT_ACTION_DEADLINE_SECONDS = env.int(
     "ORDER_PAYMENT_ACTION_DEADLINE_SECONDS", default=3600
 )
+# Webhooks to the shops (orders/webhooks.py, orders/webhook_delivery.py). A shop's URL is
+# attacker-controlled: only public https addresses unless WEBHOOK_ALLOW_PRIVATE_URLS (local
+# and test settings; production refuses it, orders.E005).
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
+# A 2xx within this long is delivered; anything else is retried.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# Retried with backoff for this long after the event, then given up (`failed`).
+WEBHOOK_RETRY_HOURS = env.float("WEBHOOK_RETRY_HOURS", default=72.0)
+# The backoff between attempts, the last repeated; each delay gets up to 20 % jitter.
+WEBHOOK_RETRY_DELAYS_SECONDS = env.list(
+    "WEBHOOK_RETRY_DELAYS_SECONDS",
+    cast=float,
+    default=[5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800],
+)
+# An endpoint whose every attempt failed for this long is disabled and its shop emailed.
+WEBHOOK_DISABLE_AFTER_HOURS = env.float("WEBHOOK_DISABLE_AFTER_HOURS", default=72.0)
+# Deliveries and their attempts are kept this long for the shop's and staff's log.
+WEBHOOK_LOG_DAYS = env.int("WEBHOOK_LOG_DAYS", default=30)
+# Attempts in flight per endpoint at once: a slow endpoint holds at most this many workers.
+WEBHOOK_MAX_IN_FLIGHT = env.int("WEBHOOK_MAX_IN_FLIGHT", default=2)
+# How often beat looks for deliveries that are due (retries, a crashed worker's rows).
+WEBHOOK_SWEEP_SECONDS = env.float("WEBHOOK_SWEEP_SECONDS", default=15.0)
+
 # The API's Idempotency-Key responses are replayed for this long.
 IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
 
@@ -448,6 +472,9 @@ CELERY_TASK_ROUTES = {
     "orders.purge_idempotency_keys": {"queue": "orders.maintenance"},
     "orders.clear_expired_tokens": {"queue": "orders.maintenance"},
     "orders.anonymize_expired_orders": {"queue": "orders.maintenance"},
+    "orders.deliver_webhooks": {"queue": "orders.webhooks"},
+    "orders.retry_webhooks": {"queue": "orders.webhooks"},
+    "orders.purge_webhook_log": {"queue": "orders.maintenance"},
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep-stalled-orders": {
@@ -471,6 +498,15 @@ CELERY_BEAT_SCHEDULE = {
     },
     "anonymize-expired-orders": {
         "task": "orders.anonymize_expired_orders",
+        "schedule": 3600.0,
+    },
+    "retry-webhooks": {
+        "task": "orders.retry_webhooks",
+        "schedule": WEBHOOK_SWEEP_SECONDS,
+        "options": {"expires": WEBHOOK_SWEEP_SECONDS},
+    },
+    "purge-webhook-log": {
+        "task": "orders.purge_webhook_log",
         "schedule": 3600.0,
     },
 }

@@ -32,5 +32,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
 }
+# A receiver on this machine (127.0.0.1) may be registered while developing.
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=True)
 # Static files straight from the apps (no collectstatic), so gunicorn serves the admin's CSS.
 WHITENOISE_USE_FINDERS = True

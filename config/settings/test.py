@@ -96,5 +96,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = broker.transport_options(
 CELERY_TASK_QUEUES = broker.order_queues(
     CELERY_BROKER_URL, delivery_limit=ORDER_QUEUE_DELIVERY_LIMIT
 )
+# The receivers of the webhook tests listen on 127.0.0.1; retries come within seconds.
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=True)
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=3.0)
+WEBHOOK_RETRY_DELAYS_SECONDS = env.list(
+    "WEBHOOK_RETRY_DELAYS_SECONDS", cast=float, default=[1, 2, 3, 4]
+)
+WEBHOOK_SWEEP_SECONDS = env.float("WEBHOOK_SWEEP_SECONDS", default=2.0)
 # Static files straight from the apps (no collectstatic), so gunicorn serves the admin's CSS.
 WHITENOISE_USE_FINDERS = True

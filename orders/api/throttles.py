@@ -51,3 +51,10 @@ class OrderCreateUserThrottle(PostOnlyMixin, FailOpenMixin, SettingsRateMixin, U
 
 class OrderCreateAnonThrottle(PostOnlyMixin, FailOpenMixin, SettingsRateMixin, AnonRateThrottle):
     scope = "order_create_anon"
+
+
+class WebhookEndpointThrottle(PostOnlyMixin, FailOpenMixin, SettingsRateMixin, UserRateThrottle):
+    """Registering an endpoint resolves a name the shop chose, and rotating makes a secret:
+    cheap, but not to be done thousands of times a minute."""
+
+    scope = "webhook_endpoints"

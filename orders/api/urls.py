@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import oauth, views
+from . import oauth, views, webhooks
 
 app_name = "orders"
 urlpatterns = [
@@ -12,4 +12,19 @@ urlpatterns = [
     path("orders/<uuid:order_id>/cancel/", views.OrderCancelView.as_view(), name="order-cancel"),
     path("webhooks/stripe/", views.StripeWebhookView.as_view(), name="webhook-stripe"),
     path("webhooks/easypost/", views.EasyPostWebhookView.as_view(), name="webhook-easypost"),
+    path(
+        "webhook-endpoints/",
+        webhooks.WebhookEndpointListCreateView.as_view(),
+        name="webhook-endpoint-list",
+    ),
+    path(
+        "webhook-endpoints/<int:endpoint_id>/",
+        webhooks.WebhookEndpointDetailView.as_view(),
+        name="webhook-endpoint-detail",
+    ),
+    path(
+        "webhook-endpoints/<int:endpoint_id>/rotate-secret/",
+        webhooks.WebhookEndpointRotateSecretView.as_view(),
+        name="webhook-endpoint-rotate-secret",
+    ),
 ]

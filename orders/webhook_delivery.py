@@ -1,0 +1,397 @@
+"""Delivering the webhooks' outbox (orders/outbox.py writes it): at least once, the same
+webhook-id on every attempt, in order per order and endpoint, signed as the Standard
+Webhooks specification says.
+
+One task run (orders.deliver_webhooks) serves one endpoint: it takes one of the endpoint's
+WEBHOOK_MAX_IN_FLIGHT slots (Redis locks), claims a batch of due rows (a lease in
+`locked_until`, taken with SKIP LOCKED), posts them one after another and records the
+outcomes. So one endpoint never has more than WEBHOOK_MAX_IN_FLIGHT attempts in flight, and
+a slow or dead endpoint costs only its own slots: other endpoints' tasks find theirs free.
+
+A row waits while an older row for the same order and endpoint is still pending: a shop
+sees `order.paid` before `order.shipped`, also across retries. A failed attempt ends the
+run (the endpoint is struggling; its other rows are not due for a hammering) and is
+retried after an exponential backoff with jitter, until the row's `expires_at`. A worker
+killed mid-post leaves its lease, which runs out; the row is then posted again by the next
+run or beat's sweep (orders.retry_webhooks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+from redis.exceptions import LockError
+from redis.lock import Lock
+
+from integrations.webhook_sender import SendResult, send
+
+from . import dispatch, metrics, notifications, webhook_signing
+from .locks import redis_client
+from .models import (
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookDeliveryStatus,
+    WebhookEndpoint,
+)
+
+logger = logging.getLogger(__name__)
+
+# A run stops claiming after this, so a busy endpoint hands its worker back now and then.
+RUN_SECONDS = 20.0
+# Rows claimed at once: one claim's two queries serve many posts.
+BATCH = 20
+# Beyond the time a post may take: what a lease and a slot allow for the rest.
+MARGIN_SECONDS = 5.0
+# Retries due within this long are queued with a countdown; later ones wait for beat's
+# sweep (a countdown held for hours by a worker would outlive the broker's visibility
+# timeout and come twice).
+COUNTDOWN_MAX_SECONDS = 300.0
+
+
+def time_limits() -> tuple[int, int]:
+    """The delivery task's soft and hard time limits: a run's budget plus one post."""
+    soft = math.ceil(RUN_SECONDS + settings.WEBHOOK_TIMEOUT_SECONDS + MARGIN_SECONDS)
+    return soft, soft + math.ceil(MARGIN_SECONDS)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next attempt after `attempts` failed ones: the schedule's step,
+    the last one repeated, with up to 20 % jitter so that a shop coming back is not hit by
+    every retry in the same second."""
+    delays = settings.WEBHOOK_RETRY_DELAYS_SECONDS
+    return float(delays[min(attempts, len(delays)) - 1]) * random.uniform(1.0, 1.2)
+
+
+# --- Slots: at most WEBHOOK_MAX_IN_FLIGHT runs per endpoint --------------------------------
+def _slot_acquire(endpoint_id: int) -> Lock | None:
+    timeout = time_limits()[1] + MARGIN_SECONDS  # a killed run's slot frees itself
+    for index in range(settings.WEBHOOK_MAX_IN_FLIGHT):
+        lock = redis_client().lock(
+            f"webhooks:slot:{endpoint_id}:{index}", timeout=timeout, blocking=False
+        )
+        if lock.acquire():
+            return lock
+    return None
+
+
+def _slot_release(lock: Lock) -> None:
+    try:
+        lock.release()
+    except (LockError, redis.RedisError):
+        logger.warning("webhook slot %s had expired or Redis is away", lock.name)
+
+
+# --- Claiming -------------------------------------------------------------------------------
+def _free(now: datetime) -> Q:
+    return Q(locked_until__isnull=True) | Q(locked_until__lt=now)
+
+
+def heads(endpoint_id: int | None = None) -> QuerySet[WebhookDelivery]:
+    """Pending rows (the endpoint's, or every endpoint's) with no older pending row of their
+    order in front: the only ones that may be posted (the rest wait their turn)."""
+    in_front = WebhookDelivery.objects.filter(
+        endpoint_id=OuterRef("endpoint_id"),
+        order_id=OuterRef("order_id"),
+        status=WebhookDeliveryStatus.PENDING,
+        pk__lt=OuterRef("pk"),
+    )
+    rows = WebhookDelivery.objects.filter(status=WebhookDeliveryStatus.PENDING)
+    if endpoint_id is not None:
+        rows = rows.filter(endpoint_id=endpoint_id)
+    return rows.exclude(Exists(in_front))
+
+
+def _claim(endpoint: WebhookEndpoint, *, limit: int) -> list[WebhookDelivery]:
+    """The endpoint's next due rows, oldest first, none behind an older pending row of its
+    order, each leased for the time the posts before it may take."""
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            heads(endpoint.pk)
+            .filter(_free(now), next_attempt_at__lte=now)
+            .order_by("pk")
+            .select_for_update(skip_locked=True, of=("self",))[:limit]
+        )
+        post = settings.WEBHOOK_TIMEOUT_SECONDS + 1
+        for index, row in enumerate(rows):
+            row.locked_until = now + timedelta(seconds=(index + 1) * post + MARGIN_SECONDS)
+        WebhookDelivery.objects.bulk_update(rows, ["locked_until"])
+    return rows
+
+
+# --- One run ------------------------------------------------------------------------------
+@dataclass
+class Run:
+    delivered: int = 0
+    failed: int = 0
+    drained: bool = False  # nothing more may go now
+    started: float = 0.0  # time.monotonic()
+    upcoming: datetime | None = None  # when the next row may go, as last asked
+
+
+def endpoint_deliver(*, endpoint_id: int) -> dict[str, Any]:
+    """The task's work: deliver the endpoint's due rows, within one slot and RUN_SECONDS.
+
+    The endpoint's "queued" flag (orders/dispatch.py) stays set until the run has posted
+    its first batch, so the events written meanwhile send no task of their own: the run
+    takes them. Once it is cleared, the run asks the outbox what may go next and takes
+    that too; what comes after that question sends a task of its own."""
+    endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, enabled=True).first()
+    if endpoint is None:
+        dispatch.webhook_queued_clear(endpoint_id)
+        return {"skipped": "disabled or deleted"}
+    slot = _slot_acquire(endpoint_id)
+    if slot is None:
+        # Every slot is taken: their runs drain what is due, this event included.
+        return {"busy": True}
+    try:
+        run = _drain(endpoint)
+    finally:
+        _slot_release(slot)
+    dispatch.webhook_queued_clear(endpoint_id)
+    if run.failed or not run.drained:
+        # Retries to schedule (this run's failures), or rows left when its time was up.
+        follow_up(endpoint_id, enabled=endpoint.enabled)
+    elif run.upcoming is not None:
+        _retry_at(endpoint_id, run.upcoming)  # an earlier failure's retry, still backing off
+    return {"delivered": run.delivered, "failed": run.failed}
+
+
+def _upcoming(endpoint_id: int, now: datetime) -> datetime | None:
+    """When the endpoint's next row may go (one that waits behind an older row of its order
+    does not count); None if nothing is pending."""
+    return (
+        heads(endpoint_id)
+        .filter(_free(now))
+        .order_by("next_attempt_at")
+        .values_list("next_attempt_at", flat=True)
+        .first()
+    )
+
+
+def _drain(endpoint: WebhookEndpoint) -> Run:
+    run = Run(started=time.monotonic())
+    deadline = run.started + RUN_SECONDS
+    asked = False  # the outbox was asked after an empty claim: another empty one ends the run
+    while time.monotonic() < deadline and endpoint.enabled:
+        rows = _claim(endpoint, limit=BATCH)
+        if not rows and asked:
+            run.drained = True
+            break
+        if rows:
+            _post(endpoint, rows, run, deadline)
+            if run.failed:
+                break
+        # Once the flag is cleared, one question: may anything go now? Rows committed before
+        # the clearing are seen by it; those after it queue a run of their own.
+        dispatch.webhook_queued_clear(endpoint.pk)
+        now = timezone.now()
+        run.upcoming, asked = _upcoming(endpoint.pk, now), not rows
+        if run.upcoming is None or run.upcoming > now:
+            run.drained = True
+            break
+    return run
+
+
+def _post(
+    endpoint: WebhookEndpoint, rows: list[WebhookDelivery], run: Run, deadline: float
+) -> None:
+    """Post the claimed rows one after another, until one fails or the run's time is up,
+    and record the outcomes."""
+    attempts: list[WebhookAttempt] = []
+    done: list[WebhookDelivery] = []
+    for row in rows:
+        if run.failed or not endpoint.enabled or time.monotonic() >= deadline:
+            break
+        result = send(
+            endpoint.url,
+            row.body.encode(),
+            webhook_signing.headers_for(endpoint, event_id=row.event_id, body=row.body),
+            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+            allow_private=settings.WEBHOOK_ALLOW_PRIVATE_URLS,
+        )
+        attempts.append(_attempt(row, result))
+        _outcome(endpoint, row, result, run)
+        done.append(row)
+    _record(rows, done, attempts)
+
+
+def _attempt(row: WebhookDelivery, result: SendResult) -> WebhookAttempt:
+    return WebhookAttempt(
+        delivery=row,
+        status_code=result.status_code,
+        elapsed_ms=result.elapsed_ms,
+        error=result.error[:500],
+        response=result.body[:2000],
+    )
+
+
+def _outcome(endpoint: WebhookEndpoint, row: WebhookDelivery, result: SendResult, run: Run) -> None:
+    """Set what the attempt means on the row (written by _record) and the endpoint."""
+    now = timezone.now()
+    row.attempts += 1
+    row.last_status_code = result.status_code
+    row.last_error = result.error[:500]
+    row.locked_until = None
+    if result.delivered:
+        row.status, row.delivered_at = WebhookDeliveryStatus.DELIVERED, now
+        run.delivered += 1
+        metrics.webhook_delivered(latency=(now - row.created_at).total_seconds())
+        if endpoint.failing_since is not None:
+            endpoint_recovered(endpoint)
+        return
+    run.failed += 1
+    if result.status_code == 410:
+        # "Gone": the shop says this URL will never take events again.
+        metrics.webhook_attempt_failed("gone")
+        row.next_attempt_at = now + timedelta(seconds=retry_delay(row.attempts))
+        endpoint_disable(endpoint, reason="gone")
+        return
+    if now >= row.expires_at:
+        row.status = WebhookDeliveryStatus.FAILED
+        metrics.webhook_attempt_failed("failed")
+    else:
+        row.next_attempt_at = now + timedelta(seconds=retry_delay(row.attempts))
+        metrics.webhook_attempt_failed("retrying")
+    endpoint_failed(endpoint, now=now)
+
+
+def _record(
+    claimed: list[WebhookDelivery], done: list[WebhookDelivery], attempts: list[WebhookAttempt]
+) -> None:
+    """The batch's outcomes in one transaction; rows claimed but not posted (the run ended
+    early) are given back at once."""
+    try:
+        _record_rows(claimed, done, attempts)
+    except IntegrityError:
+        # The shop deleted the endpoint, and with it these rows, while they were posted:
+        # what is gone has nothing to record. (Rare: not worth a lock on every batch.)
+        kept = set(
+            WebhookDelivery.objects.filter(pk__in=[row.pk for row in claimed]).values_list(
+                "pk", flat=True
+            )
+        )
+        _record_rows(
+            [row for row in claimed if row.pk in kept],
+            [row for row in done if row.pk in kept],
+            [attempt for attempt in attempts if attempt.delivery_id in kept],
+        )
+
+
+def _record_rows(
+    claimed: list[WebhookDelivery], done: list[WebhookDelivery], attempts: list[WebhookAttempt]
+) -> None:
+    posted = {row.pk for row in done}
+    with transaction.atomic():
+        WebhookDelivery.objects.bulk_update(
+            done,
+            [
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "locked_until",
+                "last_status_code",
+                "last_error",
+                "delivered_at",
+            ],
+        )
+        WebhookAttempt.objects.bulk_create(attempts)
+        rest = [row.pk for row in claimed if row.pk not in posted]
+        if rest:
+            WebhookDelivery.objects.filter(pk__in=rest).update(locked_until=None)
+
+
+# --- The endpoint's health ------------------------------------------------------------------
+def endpoint_recovered(endpoint: WebhookEndpoint) -> None:
+    endpoint.failing_since = None
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(failing_since=None)
+
+
+def endpoint_failed(endpoint: WebhookEndpoint, *, now: datetime) -> None:
+    """Note the failure; an endpoint failing for WEBHOOK_DISABLE_AFTER_HOURS is disabled."""
+    if endpoint.failing_since is None:
+        endpoint.failing_since = now
+        WebhookEndpoint.objects.filter(pk=endpoint.pk, failing_since__isnull=True).update(
+            failing_since=now
+        )
+        return
+    if now - endpoint.failing_since >= timedelta(hours=settings.WEBHOOK_DISABLE_AFTER_HOURS):
+        endpoint_disable(endpoint, reason="failing")
+
+
+def endpoint_disable(endpoint: WebhookEndpoint, *, reason: str) -> None:
+    """Stop delivering to the endpoint (its rows stay pending until they expire: enabling
+    it again delivers them) and tell the shop by email."""
+    changed = WebhookEndpoint.objects.filter(pk=endpoint.pk, enabled=True).update(
+        enabled=False, disabled_reason=reason, disabled_at=timezone.now()
+    )
+    endpoint.enabled = False
+    if changed:
+        logger.warning("webhook endpoint %s disabled: %s", endpoint.pk, reason)
+        notifications.webhook_endpoint_disabled_send(endpoint=endpoint, reason=reason)
+
+
+# --- After a run, beat's sweep, the log's purge ------------------------------------------------
+def follow_up(endpoint_id: int, *, enabled: bool) -> None:
+    """What is left after a run: rows that may go now get a new run at once; the next retry
+    within COUNTDOWN_MAX_SECONDS gets a run with a countdown (once per endpoint and moment)."""
+    if enabled:
+        upcoming = _upcoming(endpoint_id, timezone.now())
+        if upcoming is not None:
+            _retry_at(endpoint_id, upcoming)
+
+
+def _retry_at(endpoint_id: int, at: datetime) -> None:
+    countdown = (at - timezone.now()).total_seconds()
+    if countdown <= 0:
+        dispatch.webhook_delivery_send(endpoint_id)
+    elif countdown <= COUNTDOWN_MAX_SECONDS:
+        dispatch.webhook_retry_send(endpoint_id, countdown=max(countdown, 0.5))
+
+
+def sweep() -> dict[str, int]:
+    """Beat's: a run for every endpoint with due rows (retries, rows of a crashed worker
+    whose lease ran out, a message lost with the broker), and the rows of disabled
+    endpoints whose retry window passed are given up."""
+    now = timezone.now()
+    expired = WebhookDelivery.objects.filter(
+        status=WebhookDeliveryStatus.PENDING, expires_at__lt=now, endpoint__enabled=False
+    ).update(
+        status=WebhookDeliveryStatus.FAILED,
+        last_error="the retry window passed while the endpoint was disabled",
+        locked_until=None,
+    )
+    endpoint_ids = list(
+        heads()
+        .filter(_free(now), next_attempt_at__lte=now, endpoint__enabled=True)
+        .order_by()
+        .values_list("endpoint_id", flat=True)
+        .distinct()
+    )
+    for endpoint_id in endpoint_ids:
+        dispatch.webhook_delivery_send(endpoint_id, force=True)
+    return {"endpoints": len(endpoint_ids), "expired": expired}
+
+
+def log_purge() -> int:
+    """Beat's: deliveries (and their attempts) older than WEBHOOK_LOG_DAYS that are done,
+    and older attempts of any delivery."""
+    cutoff = timezone.now() - timedelta(days=settings.WEBHOOK_LOG_DAYS)
+    attempts, _ = WebhookAttempt.objects.filter(at__lt=cutoff).delete()
+    deliveries, _ = (
+        WebhookDelivery.objects.filter(created_at__lt=cutoff)
+        .exclude(status=WebhookDeliveryStatus.PENDING)
+        .delete()
+    )
+    return attempts + deliveries
