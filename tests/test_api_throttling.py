@@ -72,6 +72,7 @@ def test_rates_come_from_the_environment():
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
         "THROTTLE_ORDER_CREATE_RATE": "11/min",
         "THROTTLE_ORDER_CREATE_ANON_RATE": "12/hour",
+        "THROTTLE_WEBHOOK_ENDPOINTS_RATE": "13/min",
         "THROTTLE_NUM_PROXIES": "1",
     }
     code = (
@@ -88,7 +89,7 @@ def test_rates_come_from_the_environment():
         check=True,
     )
     assert json.loads(result.stdout) == [
-        {"order_create": "11/min", "order_create_anon": "12/hour"},
+        {"order_create": "11/min", "order_create_anon": "12/hour", "webhook_endpoints": "13/min"},
         1,
     ]
 
