@@ -31,6 +31,7 @@ from . import (
     recovery,
     services,
 )
+from .admin_site import ReadOnlyMixin
 from .errors import ApplicationError, Conflict
 from .models import (
     TERMINAL_STATUSES,
@@ -48,19 +49,6 @@ from .models import (
 from .selectors import orders_stalled
 from .state import Actor
 from .waterfall import waterfall_svg
-
-
-class ReadOnlyMixin:
-    """Nothing here is edited by hand: every change goes through a service."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # --- Products: stock only by adjustment ------------------------------------------------------

@@ -4,30 +4,18 @@ the same service the API's world uses (orders/webhooks.py). Imported by orders/a
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import webhooks
+from .admin_site import ReadOnlyMixin
 from .errors import ApplicationError
 from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 
-class _ReadOnly:
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(_ReadOnly, admin.ModelAdmin):
+class WebhookEndpointAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["id", "user", "url", "enabled", "disabled_reason", "failing_since"]
     list_filter = ["enabled", "disabled_reason"]
     search_fields = ["url", "user__username"]
@@ -47,7 +35,7 @@ class WebhookEndpointAdmin(_ReadOnly, admin.ModelAdmin):
     readonly_fields = fields
 
 
-class WebhookAttemptInline(_ReadOnly, admin.TabularInline):
+class WebhookAttemptInline(ReadOnlyMixin, admin.TabularInline):
     model = WebhookAttempt
     fields = ("at", "status_code", "elapsed_ms", "error")
     readonly_fields = fields
@@ -55,7 +43,7 @@ class WebhookAttemptInline(_ReadOnly, admin.TabularInline):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(_ReadOnly, admin.ModelAdmin):
+class WebhookDeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = [
         "event_id",
         "type",
