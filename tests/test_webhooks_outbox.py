@@ -134,3 +134,32 @@ def test_the_log_is_purged_after_its_days_and_expired_rows_of_disabled_endpoints
     assert set(WebhookDelivery.objects.values_list("pk", flat=True)) == {kept.pk, waiting.pk}
     assert not WebhookAttempt.objects.exists()
     assert swept["expired"] == 1 and WebhookDelivery.objects.get(pk=waiting.pk).status == "failed"
+
+
+def test_staff_see_the_webhook_pages_read_only_and_resend_a_failed_delivery(admin_client, db):
+    order = OrderFactory(status="completed")
+    endpoint = WebhookEndpoint.objects.create(
+        user=order.user, url="https://a.example/", events=["*"], secret="whsec_AAAA"
+    )
+    with transaction.atomic():
+        outbox.event_record(order=order, event_type="order.completed")
+    delivery = WebhookDelivery.objects.get(endpoint=endpoint)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status="failed")
+
+    for page in (
+        "/admin/orders/webhookendpoint/",
+        f"/admin/orders/webhookendpoint/{endpoint.pk}/change/",
+        "/admin/orders/webhookdelivery/",
+        f"/admin/orders/webhookdelivery/{delivery.pk}/change/",
+    ):
+        response = admin_client.get(page)
+        assert response.status_code == 200, page
+        assert b'name="_save"' not in response.content, page  # nothing edited by hand
+    assert admin_client.get("/admin/orders/webhookdelivery/add/").status_code == 403
+
+    admin_client.post(
+        "/admin/orders/webhookdelivery/",
+        {"action": "resend", "_selected_action": [delivery.pk]},
+    )
+    delivery.refresh_from_db()
+    assert delivery.status == "pending" and delivery.event_id.startswith("msg_")
