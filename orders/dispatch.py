@@ -216,6 +216,27 @@ def webhook_delivery_send(endpoint_id: int, *, gather: bool = False, force: bool
         webhook_queued_clear(endpoint_id)
 
 
+def webhook_batch_send(endpoint_id: int) -> None:
+    """The next run of a busy endpoint, WEBHOOK_BATCH_SECONDS from now, its flag held until
+    then: the events written meanwhile queue no run of their own, this one takes them."""
+    countdown = settings.WEBHOOK_BATCH_SECONDS
+    try:
+        _flags().set(
+            webhook_queued_key(endpoint_id), 1, ex=int(countdown) + WEBHOOK_QUEUED_TTL_SECONDS
+        )
+    except redis.RedisError:
+        pass  # without the flag the events queue runs of their own: more runs, nothing lost
+    try:
+        workflow.webhook_delivery(endpoint_id=endpoint_id).apply_async(countdown=countdown)
+    except Exception:  # any broker library's error: the rows wait for beat's sweep
+        logger.warning(
+            "could not queue the next webhook run of endpoint %s; the sweep sends it",
+            endpoint_id,
+            exc_info=True,
+        )
+        webhook_queued_clear(endpoint_id)
+
+
 def webhook_queued_clear(endpoint_id: int) -> None:
     """The task has started (or was never sent): the next event queues a new one."""
     try:

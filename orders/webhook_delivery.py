@@ -177,15 +177,19 @@ class Run:
     drained: bool = False  # nothing more may go now
     started: float = 0.0  # time.monotonic()
     upcoming: datetime | None = None  # when the next row may go, as last asked
+    batch_next: bool = False  # busy: the next run in WEBHOOK_BATCH_SECONDS takes what comes
 
 
 def endpoint_deliver(*, endpoint_id: int) -> dict[str, Any]:
     """The task's work: deliver the endpoint's due rows, within one slot and RUN_SECONDS.
 
-    The endpoint's "queued" flag (orders/dispatch.py) stays set until the run has posted
-    its first batch, so the events written meanwhile send no task of their own: the run
-    takes them. Once it is cleared, the run asks the outbox what may go next and takes
-    that too; what comes after that question sends a task of its own."""
+    The endpoint's "queued" flag (orders/dispatch.py) stays set while the run posts, so the
+    events written meanwhile send no task of their own: the run takes them. A run that
+    delivered something keeps the flag and sends the next run WEBHOOK_BATCH_SECONDS later,
+    which takes what came in between in one batch: a busy endpoint costs one run per
+    WEBHOOK_BATCH_SECONDS, not one per event. A run that found nothing clears the flag, then
+    asks the outbox once more what may go and takes that too; what comes after that
+    question sends a task of its own."""
     endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, enabled=True).first()
     if endpoint is None:
         dispatch.webhook_queued_clear(endpoint_id)
@@ -198,6 +202,9 @@ def endpoint_deliver(*, endpoint_id: int) -> dict[str, Any]:
         run = _drain(endpoint)
     finally:
         _slot_release(slot)
+    if run.batch_next:
+        dispatch.webhook_batch_send(endpoint_id)
+        return {"delivered": run.delivered, "failed": run.failed}
     dispatch.webhook_queued_clear(endpoint_id)
     if run.failed or not run.drained:
         # Retries to schedule (this run's failures), or rows left when its time was up.
@@ -239,18 +246,24 @@ def _drain(endpoint: WebhookEndpoint) -> Run:
     asked = False  # the outbox was asked after an empty claim: another empty one ends the run
     while time.monotonic() < deadline and endpoint.enabled:
         rows = _claim(endpoint, limit=BATCH)
-        if not rows and asked:
-            run.drained = True
-            break
         if rows:
             _post(endpoint, rows, run, deadline)
             if run.failed:
                 break
-        # Once the flag is cleared, one question: may anything go now? Rows committed before
-        # the clearing are seen by it; those after it queue a run of their own.
+            continue
+        if run.delivered:
+            # Busy: the flag stays set and the next run comes WEBHOOK_BATCH_SECONDS from now
+            # (endpoint_deliver sends it); what is written meanwhile waits for it.
+            run.drained = run.batch_next = True
+            break
+        if asked:
+            run.drained = True
+            break
+        # Idle: once the flag is cleared, one question: may anything go now? Rows committed
+        # before the clearing are seen by it; those after it queue a run of their own.
         dispatch.webhook_queued_clear(endpoint.pk)
         now = timezone.now()
-        run.upcoming, asked = _upcoming(endpoint.pk, now), not rows
+        run.upcoming, asked = _upcoming(endpoint.pk, now), True
         if run.upcoming is None or run.upcoming > now:
             run.drained = True
             break

@@ -381,6 +381,10 @@ WEBHOOK_DISABLE_AFTER_HOURS = env.float("WEBHOOK_DISABLE_AFTER_HOURS", default=7
 WEBHOOK_LOG_DAYS = env.int("WEBHOOK_LOG_DAYS", default=30)
 # Attempts in flight per endpoint at once: a slow endpoint holds at most this many workers.
 WEBHOOK_MAX_IN_FLIGHT = env.int("WEBHOOK_MAX_IN_FLIGHT", default=2)
+# A busy endpoint gets at most one delivery run per this many seconds: what its shop's orders
+# raise meanwhile waits for the next run and goes in one batch (a run has a cost of its own:
+# a task, a claim, the endpoint's secret). An idle endpoint's first event goes at once.
+WEBHOOK_BATCH_SECONDS = env.float("WEBHOOK_BATCH_SECONDS", default=2.0)
 # How often beat looks for deliveries that are due (retries, a crashed worker's rows).
 WEBHOOK_SWEEP_SECONDS = env.float("WEBHOOK_SWEEP_SECONDS", default=15.0)
 
