@@ -374,8 +374,14 @@ def _webhook_endpoints(*, enabled: bool):
     from django.contrib.auth import get_user_model
 
     receiver = Receiver().start()
-    for user in get_user_model().objects.filter(username__startswith="bench-client-"):
-        _, secret = webhooks.endpoint_create(user=user, url=receiver.url, events=["*"])
+    users = get_user_model().objects.filter(username__startswith="bench-client-")
+    for index, user in enumerate(users):
+        # A path per shop: the receiver checks each request against that shop's secret
+        # alone, as the shop's own server would, not against all sixteen.
+        path = f"/hooks/{index}"
+        url = receiver.url.replace("/hooks", path)
+        _, secret = webhooks.endpoint_create(user=user, url=url, events=["*"])
+        receiver.paths[path] = len(receiver.secrets)
         receiver.secrets.append(secret)
     return receiver
 

@@ -36,6 +36,7 @@ class Receiver:
         self.status = status
         self.delay = delay
         self.location = ""  # with a 3xx status: where it points
+        self.paths: dict[str, int] = {}  # a URL path -> the index of the one secret it verifies
         self.port = free_port()
         self.requests: list[Received] = []  # every request, verified or not, in arrival order
         self.started: list[str] = []  # webhook-ids whose request began (before any delay)
@@ -115,7 +116,13 @@ class Receiver:
             if self.delay:
                 time.sleep(self.delay)
             verified_by = []
-            for index, secret in enumerate(self.secrets):
+            # A request to one of `paths` is checked against its endpoint's secret alone, as
+            # its shop would; any other against every secret (which one signed it is news).
+            only = self.paths.get(handler.path)
+            candidates = (
+                [(only, self.secrets[only])] if only is not None else enumerate(self.secrets)
+            )
+            for index, secret in candidates:
                 try:
                     Webhook(secret).verify(body, headers)
                 except WebhookVerificationError:
