@@ -1,3 +1,4 @@
+import threading
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -16,6 +17,20 @@ from ..models import (
 
 MAX_LINES = 100
 MAX_QUANTITY = 1000
+
+# Output serializers kept one per thread, their fields built once: DRF builds a
+# ModelSerializer's fields (and its nested ones') anew for every instance, which was half the
+# cost of showing an order (the API's detail view, every webhook event). to_representation
+# reads the bound fields and changes nothing on the serializer; none of these reads context.
+_shared = threading.local()
+
+
+def shared_serializer(cls: type[serializers.Serializer]) -> serializers.Serializer:
+    serializer = getattr(_shared, cls.__name__, None)
+    if serializer is None:
+        serializer = cls()
+        setattr(_shared, cls.__name__, serializer)
+    return serializer
 # A Stripe PaymentMethod id from Stripe.js (pm_...), or a card token (tok_...).
 PAYMENT_TOKEN_PATTERN = r"^(pm|tok)_[A-Za-z0-9_]{1,64}$"
 
@@ -234,11 +249,13 @@ class OrderOutputSerializer(serializers.ModelSerializer):
     def get_payment(self, order: Order) -> dict | None:
         # A missing one-to-one raises an AttributeError subclass, so getattr's default applies.
         payment = getattr(order, "payment", None)
-        return PaymentOutputSerializer(payment).data if payment else None
+        if payment is None:
+            return None
+        return shared_serializer(PaymentOutputSerializer).to_representation(payment)
 
     @extend_schema_field(ShipmentOutputSerializer(allow_null=True))
     def get_shipment(self, order: Order) -> dict | None:
         shipment = getattr(order, "shipment", None)
         if shipment is None or shipment.label_status != LabelStatus.PURCHASED:
             return None  # being made: shown once its label is bought
-        return ShipmentOutputSerializer(shipment).data
+        return shared_serializer(ShipmentOutputSerializer).to_representation(shipment)
