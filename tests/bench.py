@@ -81,6 +81,14 @@ def main() -> None:
         help="pipeline runs with one webhook endpoint per shop subscribed to every event, "
         "delivering to a receiver on 127.0.0.1",
     )
+    parser.add_argument(
+        "--webhook-worker",
+        type=int,
+        default=2,
+        help="with webhooks: the processes of a worker of their own for the orders.webhooks "
+        "queue, as docker-compose runs them (worker-webhooks), beside the pipeline's worker; "
+        "0: the pipeline's worker takes that queue too",
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one run, in a child
     args = parser.parse_args()
     if args.one:
@@ -96,6 +104,7 @@ def main() -> None:
                 argv += ["--reuse-max", str(args.reuse_max)]
                 argv += ["--tracking-step", str(args.tracking_step)]
                 argv += ["--webhook-endpoint"] if args.webhook_endpoint else []
+                argv += ["--webhook-worker", str(args.webhook_worker)]
                 done = subprocess.run(argv, capture_output=True, text=True)
                 if done.returncode:
                     raise SystemExit(f"{what} on {broker} failed:\n{done.stderr[-3000:]}")
@@ -277,11 +286,12 @@ def _start_web(port: int, env: dict, *, access_log: str = "") -> subprocess.Pope
 
 
 def _start_worker(
-    concurrency: str, env: dict, *, app: str = "config", node: str = "bench"
+    concurrency: str, env: dict, *, app: str = "config", node: str = "bench", queues: str = ""
 ) -> subprocess.Popen:
+    """A worker for every queue; `queues`: `-Q` or `-X` (every queue but) and a list."""
     bin_dir = os.path.dirname(sys.executable)
     argv = [f"{bin_dir}/celery", "-A", app, "worker", "-c", concurrency]
-    argv += ["--loglevel", "WARNING", "-n", f"{node}@%h"]
+    argv += ["--loglevel", "WARNING", "-n", f"{node}@%h", *queues.split()]
     # The console email backend prints every email.
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
 
@@ -316,7 +326,19 @@ def _pipeline(args, env: dict, port: int) -> None:
     from tests.factories import order_payload
 
     access_log = f"/tmp/bench-access-{port}.log"
-    procs = [_start_web(port, env, access_log=access_log), _start_worker(args.concurrency, env)]
+    # With webhooks, their queue has a worker of its own, as docker-compose runs it, unless
+    # --webhook-worker 0.
+    apart = args.webhook_endpoint and args.webhook_worker > 0
+    procs = [
+        _start_web(port, env, access_log=access_log),
+        _start_worker(args.concurrency, env, queues="-X orders.webhooks" if apart else ""),
+    ]
+    if apart:
+        procs.append(
+            _start_worker(
+                str(args.webhook_worker), env, node="bench-webhooks", queues="-Q orders.webhooks"
+            )
+        )
     payload = order_payload(("BENCH-A", 1), ("BENCH-B", 1))
     receiver = None
     try:
@@ -353,6 +375,7 @@ def _pipeline(args, env: dict, port: int) -> None:
         "created_to_completed_p99_s": round(latencies[int(len(latencies) * 0.99)], 2),
         "per_order": per_order,
         **webhooks,
+        **({"webhook_worker_processes": args.webhook_worker} if apart else {}),
     }
     print(f"cost of one order: {per_order}")
     if webhooks:
@@ -494,7 +517,7 @@ def _costs(procs: list, access_log: str) -> dict[str, float]:
         "provider_http_calls": provider_calls,
         "webhook_calls": webhook_calls,
         "web_cpu_ms": cpu_ms(procs[0].pid),
-        "worker_cpu_ms": cpu_ms(procs[1].pid),
+        "worker_cpu_ms": sum(cpu_ms(proc.pid) for proc in procs[1:]),  # webhooks' too
     }
 
 
