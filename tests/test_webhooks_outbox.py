@@ -163,3 +163,59 @@ def test_staff_see_the_webhook_pages_read_only_and_resend_a_failed_delivery(admi
     )
     delivery.refresh_from_db()
     assert delivery.status == "pending" and delivery.event_id.startswith("msg_")
+
+
+def test_the_order_read_in_one_query_shows_as_the_api_shows_it(db, django_assert_num_queries):
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from orders import selectors
+    from orders.models import OrderEvent, Payment, Shipment
+    from tests.factories import ProductFactory
+
+    order = OrderLineFactory(quantity=2, unit_price=Decimal("12.50")).order
+    OrderLineFactory(order=order, product=ProductFactory(sku="TEA-001"), unit_price=Decimal("3"))
+    Payment.objects.create(
+        order=order,
+        status="requires_action",
+        amount=Decimal("28.00"),
+        currency="EUR",
+        idempotency_key=f"charge-{order.id}",
+        client_secret="pi_1_secret_2",
+        next_action={"type": "use_stripe_sdk", "amount": 0.1},
+        amount_refunded=Decimal("1.05"),
+        disputed_at=timezone.now(),
+    )
+    Shipment.objects.create(
+        order=order,
+        label_status="purchased",
+        carrier="USPS",
+        service="Priority",
+        rate=Decimal("7.35"),
+        rate_currency="USD",
+        tracking_number="9400",
+        tracking_status="in_transit",
+    )
+    for index, detail in enumerate(["", "declined: Ada Lovelace, 1 Main St", "ok"]):
+        OrderEvent.objects.create(
+            order=order,
+            step="payment",
+            outcome="failed" if index == 1 else "succeeded",
+            attempt=index + 1,
+            status="awaiting_payment_action" if index == 2 else "",
+            reason_code="x",
+            data={"amount": "28.00", "nested": {"ids": [1, 2]}, "ratio": 0.25},
+            detail=detail,
+        )
+
+    with django_assert_num_queries(1):
+        whole = selectors.order_whole(order.id)
+        shown = outbox.representation_of(whole)
+
+    api = OrderOutputSerializer(order_get(user=order.user, order_id=order.id)).data
+    assert json.dumps(shown, default=str) == json.dumps(api, default=str)
+    assert shown["payment"]["next_action"] == {"type": "use_stripe_sdk", "amount": 0.1}
+    assert [line["unit_price"] for line in shown["lines"]] == ["12.50", "3.00"]
+    assert shown["events"][-2]["detail"] == "declined: Ada Lovelace, 1 Main St"
+    assert shown["shipment"]["rate"] == "7.35"
