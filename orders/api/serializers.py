@@ -31,6 +31,8 @@ def shared_serializer(cls: type[serializers.Serializer]) -> serializers.Serializ
         serializer = cls()
         setattr(_shared, cls.__name__, serializer)
     return serializer
+
+
 # A Stripe PaymentMethod id from Stripe.js (pm_...), or a card token (tok_...).
 PAYMENT_TOKEN_PATTERN = r"^(pm|tok)_[A-Za-z0-9_]{1,64}$"
 
