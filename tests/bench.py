@@ -84,10 +84,11 @@ def main() -> None:
     parser.add_argument(
         "--webhook-worker",
         type=int,
-        default=2,
+        default=0,
         help="with webhooks: the processes of a worker of their own for the orders.webhooks "
         "queue, as docker-compose runs them (worker-webhooks), beside the pipeline's worker; "
-        "0: the pipeline's worker takes that queue too",
+        "0 (the default): the pipeline's worker takes that queue too (on two cores a second "
+        "worker's own upkeep cost more than it gave: bench/README.md)",
     )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one run, in a child
     args = parser.parse_args()
