@@ -17,6 +17,7 @@ import logging
 
 import redis
 from django.conf import settings
+from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -75,7 +76,20 @@ def notification_send(
     *, order: Order, kind: str, step: str, attempt: int, shipment: Shipment | None = None
 ) -> bool:
     """Send the order's email of this kind at most once. Returns False if it had been sent
-    before. Raises integrations.errors.TransientError / PermanentError from the mail server."""
+    before. Raises integrations.errors.TransientError / PermanentError from the mail server
+    (nothing of the attempt is kept then).
+
+    The Notification row is held (inserted, or locked) from the check to the record, so two
+    runs that meet (the step's Redis lock lost with a Redis restart, a redelivered message
+    beside the first) send one email: the second waits for the first's commit and finds it
+    sent. A run killed after the server accepted rolls back; the receipt covers that."""
+    with transaction.atomic():
+        return _send_once(order=order, kind=kind, step=step, attempt=attempt, shipment=shipment)
+
+
+def _send_once(
+    *, order: Order, kind: str, step: str, attempt: int, shipment: Shipment | None
+) -> bool:
     notification = _notification_of(order=order, kind=kind)
     if notification.sent_at:
         return False
@@ -111,14 +125,15 @@ def notification_send(
 
 
 def _notification_of(*, order: Order, kind: str) -> Notification:
-    """The order's record of this kind, created on first use: one INSERT ... ON CONFLICT DO
-    NOTHING on every email of the pipeline, where get_or_create takes four round trips (a
-    read, then the insert in a transaction of its own). A conflict means a record exists,
-    written by an earlier run of the step: it is read."""
+    """The order's record of this kind, created on first use and held by the caller's
+    transaction: one INSERT ... ON CONFLICT DO NOTHING on every email of the pipeline (its
+    uncommitted row holds off a concurrent insert until the commit), where get_or_create
+    takes four round trips. A conflict means a record exists, written by an earlier run of
+    the step: it is read under a row lock."""
     fresh = Notification(order=order, kind=kind, to=order.email)
     if insert_once(fresh, conflict=["order", "kind"]):
         return fresh
-    return Notification.objects.get(order=order, kind=kind)
+    return Notification.objects.select_for_update().get(order=order, kind=kind)
 
 
 def webhook_endpoint_disabled_send(*, endpoint: WebhookEndpoint, reason: str) -> bool:
