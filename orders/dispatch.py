@@ -203,17 +203,7 @@ def webhook_delivery_send(endpoint_id: int, *, gather: bool = False, force: bool
             return
     except redis.RedisError:
         pass  # without the flag a task more is sent: harmless, it finds nothing or drains
-    try:
-        workflow.webhook_delivery(endpoint_id=endpoint_id).apply_async(
-            countdown=WEBHOOK_GATHER_SECONDS if gather else 0
-        )
-    except Exception:  # any broker library's error: the rows wait for beat's sweep
-        logger.warning(
-            "could not queue the webhook delivery of endpoint %s; the sweep sends it",
-            endpoint_id,
-            exc_info=True,
-        )
-        webhook_queued_clear(endpoint_id)
+    _webhook_run_send(endpoint_id, countdown=WEBHOOK_GATHER_SECONDS if gather else 0)
 
 
 def webhook_batch_send(endpoint_id: int) -> None:
@@ -226,11 +216,17 @@ def webhook_batch_send(endpoint_id: int) -> None:
         )
     except redis.RedisError:
         pass  # without the flag the events queue runs of their own: more runs, nothing lost
+    _webhook_run_send(endpoint_id, countdown=countdown)
+
+
+def _webhook_run_send(endpoint_id: int, *, countdown: float) -> None:
+    """Publish the endpoint's delivery run; if the broker refuses, the flag goes (the next
+    event tries again) and the rows wait for beat's sweep."""
     try:
         workflow.webhook_delivery(endpoint_id=endpoint_id).apply_async(countdown=countdown)
     except Exception:  # any broker library's error: the rows wait for beat's sweep
         logger.warning(
-            "could not queue the next webhook run of endpoint %s; the sweep sends it",
+            "could not queue the webhook delivery of endpoint %s; the sweep sends it",
             endpoint_id,
             exc_info=True,
         )
