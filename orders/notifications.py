@@ -72,6 +72,7 @@ def _receipt_write(*, order: Order, kind: str) -> None:
         logger.warning("no receipt for the %s email of order %s: Redis is down", kind, order.id)
 
 
+@transaction.atomic
 def notification_send(
     *, order: Order, kind: str, step: str, attempt: int, shipment: Shipment | None = None
 ) -> bool:
@@ -79,17 +80,11 @@ def notification_send(
     before. Raises integrations.errors.TransientError / PermanentError from the mail server
     (nothing of the attempt is kept then).
 
-    The Notification row is held (inserted, or locked) from the check to the record, so two
-    runs that meet (the step's Redis lock lost with a Redis restart, a redelivered message
-    beside the first) send one email: the second waits for the first's commit and finds it
-    sent. A run killed after the server accepted rolls back; the receipt covers that."""
-    with transaction.atomic():
-        return _send_once(order=order, kind=kind, step=step, attempt=attempt, shipment=shipment)
-
-
-def _send_once(
-    *, order: Order, kind: str, step: str, attempt: int, shipment: Shipment | None
-) -> bool:
+    One transaction: the Notification row is held (inserted, or locked) from the check to
+    the record, so two runs that meet (the step's Redis lock lost with a Redis restart, a
+    redelivered message beside the first) send one email: the second waits for the first's
+    commit and finds it sent. A run killed after the server accepted rolls back; the
+    receipt covers that."""
     notification = _notification_of(order=order, kind=kind)
     if notification.sent_at:
         return False
