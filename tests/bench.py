@@ -327,8 +327,8 @@ def _pipeline(args, env: dict, port: int) -> None:
     from tests.factories import order_payload
 
     access_log = f"/tmp/bench-access-{port}.log"
-    # With webhooks, their queue has a worker of its own, as docker-compose runs it, unless
-    # --webhook-worker 0.
+    # With webhooks and --webhook-worker N, their queue has a worker of its own, as
+    # docker-compose runs it; by default the pipeline's worker takes it too.
     apart = args.webhook_endpoint and args.webhook_worker > 0
     procs = [
         _start_web(port, env, access_log=access_log),
