@@ -24,7 +24,7 @@ from django.utils import timezone
 from integrations.email import send_email
 from integrations.errors import PermanentError, TransientError
 
-from .inserts import insert_once
+from . import statements
 from .locks import redis_client
 from .models import Notification, Order, Outcome, Shipment, WebhookEndpoint
 from .state import event_record
@@ -126,7 +126,7 @@ def _notification_of(*, order: Order, kind: str) -> Notification:
     takes four round trips. A conflict means a record exists, written by an earlier run of
     the step: it is read under a row lock."""
     fresh = Notification(order=order, kind=kind, to=order.email)
-    if insert_once(fresh, conflict=["order", "kind"]):
+    if statements.insert_once(fresh, conflict=["order", "kind"]):
         return fresh
     return Notification.objects.select_for_update().get(order=order, kind=kind)
 

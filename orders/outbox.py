@@ -25,7 +25,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
 
-from . import dispatch, selectors
+from . import dispatch, selectors, statements
 from .api.serializers import OrderOutputSerializer, shared_serializer
 from .models import (
     WEBHOOK_ALL_EVENTS,
@@ -54,13 +54,8 @@ def new_event_id() -> str:
 def subscribers(*, user_id: int, event_type: str) -> list[int]:
     """The enabled endpoints of the order's shop that want this event (the hot path's one
     query, on the (user, enabled) index)."""
-    return [
-        pk
-        for pk, events in WebhookEndpoint.objects.filter(user_id=user_id, enabled=True)
-        .order_by()
-        .values_list("pk", "events")
-        if WEBHOOK_ALL_EVENTS in events or event_type in events
-    ]
+    found = statements.values_list(WebhookEndpoint, ("id", "events"), user_id=user_id, enabled=True)
+    return [pk for pk, events in found if WEBHOOK_ALL_EVENTS in events or event_type in events]
 
 
 def representation_of(order: Order) -> dict:

@@ -10,8 +10,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import dispatch
-from .inserts import insert_once
+from . import dispatch, statements
 from .models import Order, ProviderEvent
 
 
@@ -36,7 +35,7 @@ def receive(
         received_at=timezone.now(),
         **triaged,
     )
-    created = insert_once(record, conflict=["provider", "event_id"])
+    created = statements.insert_once(record, conflict=["provider", "event_id"])
     if created and record.processed_at is None and record.type in handled:
         dispatch.provider_event_process(event_pk=record.pk, carrier=carrier)
     return record, created

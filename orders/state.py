@@ -21,7 +21,7 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 
-from . import metrics, outbox
+from . import metrics, outbox, statements
 from .errors import Conflict
 from .models import (
     ORDER_TRANSITIONS,
@@ -102,7 +102,7 @@ def lock_order(order_id: OrderId) -> Order:
     """The order, with its row locked until the surrounding transaction ends. Every write to
     an order's workflow state happens under this lock, so two writers queue up instead of
     overwriting each other."""
-    order = Order.objects.select_for_update().get(pk=order_id)
+    order = statements.select_for_update(Order, order_id)
     order._row_locked = True  # type: ignore[attr-defined]  # read by order_transition
     return order
 
@@ -121,7 +121,7 @@ def event_record(
 ) -> OrderEvent:
     """Append one entry to the order's timeline, with the task attempt that wrote it."""
     run = current_task_run.get()
-    event = OrderEvent.objects.create(
+    event = OrderEvent(
         task_id=run.task_id if run else "",
         started_at=run.started_at if run else None,
         order=order,
@@ -135,6 +135,7 @@ def event_record(
         data=data or {},
         detail=detail[:2000],
     )
+    statements.insert(event)
     metrics.event_recorded(
         step=step,
         outcome=outcome,
@@ -190,7 +191,7 @@ def order_transition(
             # What the customer's email and the API show: the reason alone.
             order.failure_reason = failure_reason or detail
             fields.append("failure_reason")
-        order.save(update_fields=fields)
+        statements.update(order, fields)
         event_record(
             order=order,
             step=step,

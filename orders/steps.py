@@ -18,9 +18,8 @@ from integrations.errors import PermanentError, ProviderError, TransientError
 from integrations.payments import ChargeResult, ChargeStatus, GatewayCharge, get_payment_gateway
 from integrations.shipping import Carrier, CarrierShipment, get_carrier
 
-from . import dispatch, outbox, services
+from . import dispatch, outbox, services, statements
 from .errors import StepNotReady
-from .inserts import insert_once
 from .models import (
     COMPENSATED_STATUSES,
     LabelStatus,
@@ -409,7 +408,7 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
     # Committed before the create: a retry that finds it without the carrier's id knows a
     # create may have been sent, and asks the carrier by the order's reference.
     row = Shipment(order=order)
-    first_try = insert_once(row, conflict=["order"])
+    first_try = statements.insert_once(row, conflict=["order"])
     if not first_try:
         row = Shipment.objects.get(order=order)
     carrier = get_carrier()

@@ -1,0 +1,154 @@
+"""The statements each order runs several times, as SQL built once per process from the
+models' own metadata.
+
+The ORM builds and compiles a query anew on every call: a quarter of the worker's CPU per
+order went to building SQL for the same few statements (py-spy, bench/README.md). The order's
+row lock, its status update and its timeline insert run on every step, so their SQL is made
+once here; values still go through each field's own `get_db_prep_save` (encryption
+included) and rows through its converters (decryption included), as the ORM does. These
+models have no save signals to skip (a test holds the results equal to the ORM's)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, TypeVar
+
+from django.db import connection
+from django.db.models import Field, Model
+
+M = TypeVar("M", bound=Model)
+
+
+def _field(model: type[Model], name: str) -> Field:
+    field = model._meta.get_field(name)
+    assert isinstance(field, Field), f"{model.__name__}.{name} is not a column"
+    return field
+
+
+def _converters(field: Field, table: str) -> tuple[list, Any]:
+    """What the compiler applies to the field's value as read: the backend's converters,
+    then the field's own (from_db_value: decryption, JSON)."""
+    col = field.get_col(table)
+    found: Any = field
+    return connection.ops.get_db_converters(col) + found.get_db_converters(connection), col
+
+
+def _convert(row: Sequence[Any], converters: list[tuple[list, Any]]) -> list[Any]:
+    values = list(row)
+    for index, (found, col) in enumerate(converters):
+        for converter in found:
+            values[index] = converter(values[index], col, connection)
+    return values
+
+
+@cache
+def _select_for_update_sql(model: type[Model]) -> tuple[str, list[str], list]:
+    meta = model._meta
+    quote = connection.ops.quote_name
+    fields = list(meta.concrete_fields)
+    columns = ", ".join(quote(f.column) for f in fields)
+    sql = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s"
+    if connection.features.has_select_for_update:
+        # SQLite (the embedded default) has none: its transactions take the whole database
+        # (IMMEDIATE, config/settings/base.py), as the ORM's select_for_update() leaves it.
+        sql += " FOR UPDATE"
+    return sql, [f.attname for f in fields], [_converters(f, meta.db_table) for f in fields]
+
+
+def select_for_update(model: type[M], pk: Any) -> M:
+    """`model.objects.select_for_update().get(pk=pk)`, every column loaded."""
+    sql, names, converters = _select_for_update_sql(model)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [pk])
+        row = cursor.fetchone()
+    if row is None:
+        missing: Any = model
+        raise missing.DoesNotExist(f"{model.__name__} matching query does not exist.")
+    return model.from_db(connection.alias, names, _convert(row, converters))
+
+
+@cache
+def _values_sql(
+    model: type[Model], names: tuple[str, ...], where: tuple[str, ...]
+) -> tuple[str, list]:
+    meta = model._meta
+    quote = connection.ops.quote_name
+    fields = [_field(model, name) for name in names]
+    conditions = " AND ".join(f"{quote(_field(model, name).column)} = %s" for name in where)
+    columns = ", ".join(quote(f.column) for f in fields)
+    sql = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {conditions}"
+    return sql, [_converters(f, meta.db_table) for f in fields]
+
+
+def values_list(model: type[Model], names: Sequence[str], **where: Any) -> list[list[Any]]:
+    """`model.objects.filter(**where).values_list(*names)`, unordered, for equality
+    conditions on the model's own columns."""
+    sql, converters = _values_sql(model, tuple(names), tuple(where))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(where.values()))
+        rows = cursor.fetchall()
+    return [_convert(row, converters) for row in rows]
+
+
+@cache
+def _update_sql(model: type[Model], names: tuple[str, ...]) -> tuple[str, list[Field]]:
+    meta = model._meta
+    quote = connection.ops.quote_name
+    fields = [_field(model, name) for name in names]
+    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
+    return sql, fields
+
+
+def update(instance: Model, fields: Sequence[str]) -> None:
+    """`instance.save(update_fields=fields)` for a row that exists: auto_now fields take the
+    time, every value is prepared by its field."""
+    sql, prepared = _update_sql(type(instance), tuple(fields))
+    values = [f.get_db_prep_save(f.pre_save(instance, add=False), connection) for f in prepared]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, instance.pk])
+
+
+@cache
+def _insert_sql(model: type[Model], conflict: tuple[str, ...]) -> tuple[str, list[Field]]:
+    meta = model._meta
+    quote = connection.ops.quote_name
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(quote(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({placeholders})"
+    if conflict:
+        target = ", ".join(quote(_field(model, name).column) for name in conflict)
+        sql += f" ON CONFLICT ({target}) DO NOTHING"
+    return f"{sql} RETURNING {quote(meta.pk.column)}", fields
+
+
+def insert(record: Model) -> None:
+    """`record.save()` for a new row whose primary key the database assigns: auto_now_add
+    and the like filled in as save() would, the pk set."""
+    _insert(record, conflict=())
+
+
+def insert_once(record: Model, *, conflict: Sequence[str]) -> bool:
+    """One INSERT ... ON CONFLICT DO NOTHING, where get_or_create takes four or five round
+    trips (a read, a savepoint or a transaction of its own, the insert, its release or
+    commit): for the rows every order or webhook writes once and a rerun must find (provider
+    events, emails, the shipment). Inserts `record` unless a row with the same `conflict`
+    columns exists: sets its pk and returns True if it is new; returns False, and leaves it
+    unsaved, if one was there."""
+    return _insert(record, conflict=tuple(conflict))
+
+
+def _insert(record: Model, *, conflict: tuple[str, ...]) -> bool:
+    sql, fields = _insert_sql(type(record), conflict)
+    values = [f.get_db_prep_save(f.pre_save(record, add=True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    record.pk = row[0]
+    record._state.adding = False
+    record._state.db = connection.alias
+    return True

@@ -1,0 +1,102 @@
+"""The hot path's SQL built once (orders/statements.py) reads and writes exactly what the
+ORM's own calls do: encrypted fields encrypted on the way in and decrypted on the way out,
+JSON as JSON, decimals, datetimes, auto_now and auto_now_add, the row lock taken."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from orders import statements
+from orders.models import Order, OrderEvent, WebhookEndpoint
+from tests.factories import OrderFactory, UserFactory
+
+
+def _fields(instance) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+
+def test_the_locked_read_gives_what_the_orm_gives_and_takes_the_lock(db):
+    order = OrderFactory(failure_reason="card declined", email="ada@example.com")
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        locked = statements.select_for_update(Order, order.pk)
+    assert _fields(locked) == _fields(Order.objects.get(pk=order.pk))
+    assert locked.ship_name == order.ship_name and locked.email == "ada@example.com"
+    assert isinstance(locked.total, Decimal) and locked.created_at.tzinfo is not None
+    assert len(queries) == 1 and queries[0]["sql"].endswith("FOR UPDATE")
+    with pytest.raises(Order.DoesNotExist):
+        statements.select_for_update(Order, "00000000-0000-0000-0000-000000000000")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_locked_read_waits_for_the_first_transaction():
+    order = OrderFactory()
+    locked, released, seen = threading.Event(), threading.Event(), []
+
+    def second():
+        locked.wait(5)
+        with transaction.atomic():
+            seen.append(statements.select_for_update(Order, order.pk).status)
+        connection.close()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with transaction.atomic():
+        first = statements.select_for_update(Order, order.pk)
+        locked.set()
+        thread.join(0.5)
+        assert thread.is_alive()  # waiting on the row lock
+        first.status = "reserving"
+        statements.update(first, ["status"])
+    released.set()
+    thread.join(5)
+    assert seen == ["reserving"]  # it read the row as the first transaction left it
+
+
+def test_an_update_writes_what_save_update_fields_writes(db):
+    order = OrderFactory()
+    before = order.updated_at
+    order.status = "failed"
+    order.failure_reason = "the carrier rejected the address"
+    statements.update(order, ["status", "updated_at", "failure_reason"])
+    stored = Order.objects.get(pk=order.pk)
+    assert stored.status == "failed" and stored.updated_at > before
+    assert stored.failure_reason == "the carrier rejected the address"
+    with connection.cursor() as cursor:  # encrypted at rest, as the field's own save does
+        cursor.execute("SELECT failure_reason FROM orders_order WHERE id = %s", [order.pk])
+        assert "carrier" not in cursor.fetchone()[0]
+
+
+def test_an_insert_writes_what_create_writes(db):
+    order = OrderFactory()
+    fields = {"order": order, "step": "charge_payment", "outcome": "failed", "data": {"a": [1]}}
+    mine = OrderEvent(**fields, detail="declined: insufficient_funds")
+    statements.insert(mine)
+    theirs = OrderEvent.objects.create(**fields, detail="declined: insufficient_funds")
+    mine_read, theirs_read = (
+        OrderEvent.objects.get(pk=mine.pk),
+        OrderEvent.objects.get(pk=theirs.pk),
+    )
+    ignore = {"id", "at"}
+    assert {k: v for k, v in _fields(mine_read).items() if k not in ignore} == {
+        k: v for k, v in _fields(theirs_read).items() if k not in ignore
+    }
+    assert mine_read.at == mine.at and mine_read.detail == "declined: insufficient_funds"
+
+
+def test_values_list_gives_what_the_orm_gives(db):
+    user = UserFactory()
+    for events, enabled in ((["*"], True), (["order.paid", "order.failed"], True), ([], False)):
+        WebhookEndpoint.objects.create(
+            user=user, url="https://shop.example/hook", events=events, enabled=enabled, secret="s"
+        )
+    mine = statements.values_list(WebhookEndpoint, ("id", "events"), user_id=user.pk, enabled=True)
+    theirs = WebhookEndpoint.objects.filter(user_id=user.pk, enabled=True).values_list(
+        "id", "events"
+    )
+    assert sorted(map(tuple, mine)) == sorted(theirs)
+    assert sorted(events for _, events in mine) == [["*"], ["order.paid", "order.failed"]]
