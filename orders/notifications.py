@@ -40,7 +40,7 @@ def render(*, order: Order, kind: str, shipment: Shipment | None = None) -> tupl
     """The subject and body of the order's email of this kind (`shipment`: the order's, when
     the caller has it at hand already)."""
     if shipment is None:
-        shipment = Shipment.objects.filter(order=order).first()
+        shipment = statements.get_or_none(Shipment, order_id=order.pk)
     context = {
         "order": order,
         "shipment": shipment,
@@ -106,7 +106,8 @@ def notification_send(
             f"{kind} email not sent: the customer has no email address",
             "no_email",
         )
-    Notification.objects.filter(pk=notification.pk).update(sent_at=timezone.now())
+    notification.sent_at = timezone.now()
+    statements.update(notification, ["sent_at"])
     event_record(
         order=order,
         step=step,

@@ -102,7 +102,7 @@ def lock_order(order_id: OrderId) -> Order:
     """The order, with its row locked until the surrounding transaction ends. Every write to
     an order's workflow state happens under this lock, so two writers queue up instead of
     overwriting each other."""
-    order = statements.select_for_update(Order, order_id)
+    order = statements.get(Order, lock=True, pk=order_id)
     order._row_locked = True  # type: ignore[attr-defined]  # read by order_transition
     return order
 

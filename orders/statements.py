@@ -21,9 +21,14 @@ M = TypeVar("M", bound=Model)
 
 
 def _field(model: type[Model], name: str) -> Field:
-    field = model._meta.get_field(name)
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
     assert isinstance(field, Field), f"{model.__name__}.{name} is not a column"
     return field
+
+
+def _conditions(model: type[Model], names: tuple[str, ...]) -> str:
+    quote = connection.ops.quote_name
+    return " AND ".join(f"{quote(_field(model, name).column)} = %s" for name in names)
 
 
 def _converters(field: Field, table: str) -> tuple[list, Any]:
@@ -43,29 +48,41 @@ def _convert(row: Sequence[Any], converters: list[tuple[list, Any]]) -> list[Any
 
 
 @cache
-def _select_for_update_sql(model: type[Model]) -> tuple[str, list[str], list]:
+def _get_sql(model: type[Model], where: tuple[str, ...], lock: bool) -> tuple[str, list[str], list]:
     meta = model._meta
     quote = connection.ops.quote_name
     fields = list(meta.concrete_fields)
     columns = ", ".join(quote(f.column) for f in fields)
-    sql = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s"
-    if connection.features.has_select_for_update:
+    sql = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {_conditions(model, where)}"
+    if lock and connection.features.has_select_for_update:
         # SQLite (the embedded default) has none: its transactions take the whole database
         # (IMMEDIATE, config/settings/base.py), as the ORM's select_for_update() leaves it.
         sql += " FOR UPDATE"
     return sql, [f.attname for f in fields], [_converters(f, meta.db_table) for f in fields]
 
 
-def select_for_update(model: type[M], pk: Any) -> M:
-    """`model.objects.select_for_update().get(pk=pk)`, every column loaded."""
-    sql, names, converters = _select_for_update_sql(model)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [pk])
-        row = cursor.fetchone()
-    if row is None:
+def get(model: type[M], *, lock: bool = False, **where: Any) -> M:
+    """`model.objects.get(**where)` (`lock`: `.select_for_update()`), every column loaded,
+    for equality conditions on the model's own columns that match one row at most."""
+    found = get_or_none(model, lock=lock, **where)
+    if found is None:
         missing: Any = model
         raise missing.DoesNotExist(f"{model.__name__} matching query does not exist.")
-    return model.from_db(connection.alias, names, _convert(row, converters))
+    return found
+
+
+def get_or_none(model: type[M], *, lock: bool = False, **where: Any) -> M | None:
+    """As `get`, None where no row matches."""
+    sql, names, converters = _get_sql(model, tuple(where), lock)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(where.values()))
+        rows = cursor.fetchmany(2)
+    if not rows:
+        return None
+    if len(rows) > 1:
+        many: Any = model
+        raise many.MultipleObjectsReturned(f"{model.__name__}: more than one row matches.")
+    return model.from_db(connection.alias, names, _convert(rows[0], converters))
 
 
 @cache
@@ -75,9 +92,8 @@ def _values_sql(
     meta = model._meta
     quote = connection.ops.quote_name
     fields = [_field(model, name) for name in names]
-    conditions = " AND ".join(f"{quote(_field(model, name).column)} = %s" for name in where)
     columns = ", ".join(quote(f.column) for f in fields)
-    sql = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {conditions}"
+    sql = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {_conditions(model, where)}"
     return sql, [_converters(f, meta.db_table) for f in fields]
 
 

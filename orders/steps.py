@@ -27,6 +27,7 @@ from .models import (
     NotificationKind,
     Order,
     OrderId,
+    OrderLine,
     OrderStatus,
     Outcome,
     Payment,
@@ -61,7 +62,7 @@ def reserve_line(*, order_id: OrderId, line_id: int, attempt: int) -> str:
         # The order's row lock orders this step against cancel and fail, which release stock,
         # and against the order's other lines, so exactly one of them sees itself last.
         order = lock_order(order_id)
-        line = order.lines.get(pk=line_id)
+        line = statements.get(OrderLine, pk=line_id, order_id=order.pk)
         if order.status not in (OrderStatus.PENDING, OrderStatus.RESERVING):
             _skip(order, Step.RESERVE_STOCK, attempt, f"{line.sku}: order is {order.status}")
             return line.reservation
@@ -79,7 +80,7 @@ def reserve_line(*, order_id: OrderId, line_id: int, attempt: int) -> str:
         )
         if not taken:
             line.reservation = LineReservation.OUT_OF_STOCK
-            line.save(update_fields=["reservation"])
+            statements.update(line, ["reservation"])
             # In the same transaction as the line's state, so that no crash can leave an
             # out-of-stock line in an order that goes on; failing releases the other lines.
             services.order_fail(
@@ -91,7 +92,7 @@ def reserve_line(*, order_id: OrderId, line_id: int, attempt: int) -> str:
             )
             return line.reservation
         line.reservation = LineReservation.RESERVED
-        line.save(update_fields=["reservation"])
+        statements.update(line, ["reservation"])
         unreserved = order.lines.exclude(reservation=LineReservation.RESERVED).exists()
         to = OrderStatus.RESERVING if unreserved else OrderStatus.PAYING
         record = event_record if order.status == to else partial(order_transition, to=to)
@@ -178,14 +179,14 @@ def _payment_prepare(order: Order, attempt: int) -> Payment | None:
     elif order.status != OrderStatus.PAYING:
         _skip(order, Step.CHARGE_PAYMENT, attempt, f"order is {order.status}")
         return None
-    payment, _ = Payment.objects.get_or_create(
+    payment = Payment(
         order=order,
-        defaults={
-            "amount": order.total,
-            "currency": order.currency,
-            "idempotency_key": f"order-{order.id}-charge",
-        },
+        amount=order.total,
+        currency=order.currency,
+        idempotency_key=f"order-{order.id}-charge",
     )
+    if not statements.insert_once(payment, conflict=["order"]):
+        payment = statements.get(Payment, order_id=order.pk)  # an earlier run's
     if payment.status == PaymentStatus.CAPTURED:  # charged by an earlier run that died
         order_transition(
             order=order,
@@ -218,7 +219,7 @@ def _charge_record(*, order_id: OrderId, result: ChargeResult, attempt: int) -> 
                 reason_code="already_done",
             )
             return
-        payment = Payment.objects.select_for_update().get(order=order)
+        payment = statements.get(Payment, lock=True, order_id=order.pk)
         payment.charge_id = result.charge_id or payment.charge_id  # known: ask by id from now on
         if result.status not in (
             ChargeStatus.CAPTURED,
@@ -606,7 +607,7 @@ def shipment_fail(
 
 # --- 4. Confirm by email ----------------------------------------------------------------
 def send_confirmation(*, order_id: OrderId, attempt: int) -> None:
-    order = Order.objects.get(pk=order_id)
+    order = statements.get(Order, pk=order_id)
     if order.status != OrderStatus.CONFIRMING:
         _skip(order, Step.SEND_CONFIRMATION_EMAIL, attempt, f"order is {order.status}")
         return

@@ -23,13 +23,13 @@ def _fields(instance) -> dict:
 def test_the_locked_read_gives_what_the_orm_gives_and_takes_the_lock(db):
     order = OrderFactory(failure_reason="card declined", email="ada@example.com")
     with transaction.atomic(), CaptureQueriesContext(connection) as queries:
-        locked = statements.select_for_update(Order, order.pk)
+        locked = statements.get(Order, lock=True, pk=order.pk)
     assert _fields(locked) == _fields(Order.objects.get(pk=order.pk))
     assert locked.ship_name == order.ship_name and locked.email == "ada@example.com"
     assert isinstance(locked.total, Decimal) and locked.created_at.tzinfo is not None
     assert len(queries) == 1 and queries[0]["sql"].endswith("FOR UPDATE")
     with pytest.raises(Order.DoesNotExist):
-        statements.select_for_update(Order, "00000000-0000-0000-0000-000000000000")
+        statements.get(Order, pk="00000000-0000-0000-0000-000000000000")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -40,13 +40,13 @@ def test_a_second_locked_read_waits_for_the_first_transaction():
     def second():
         locked.wait(5)
         with transaction.atomic():
-            seen.append(statements.select_for_update(Order, order.pk).status)
+            seen.append(statements.get(Order, lock=True, pk=order.pk).status)
         connection.close()
 
     thread = threading.Thread(target=second)
     thread.start()
     with transaction.atomic():
-        first = statements.select_for_update(Order, order.pk)
+        first = statements.get(Order, lock=True, pk=order.pk)
         locked.set()
         thread.join(0.5)
         assert thread.is_alive()  # waiting on the row lock
