@@ -107,6 +107,20 @@ def _from_json_row(model: type[models.Model], row: dict) -> Any:
     return model.from_db(connection.alias, [f.attname for f in fields], values)
 
 
+def order_weight_grams(order_id: UUID | str) -> int:
+    """The order's parcel: each line's quantity times its product's weight, summed in one
+    statement (read on every shipment)."""
+    line, product = OrderLine._meta, Product._meta
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COALESCE(SUM(line.quantity * product.weight_grams), 0) "
+            f"FROM {line.db_table} line JOIN {product.db_table} product "
+            f"ON product.id = line.product_id WHERE line.order_id = %s",
+            [order_id],
+        )
+        return int(cursor.fetchone()[0])
+
+
 def orders_stalled(*, now: datetime | None = None) -> QuerySet[Order]:
     """Unfinished orders with no progress (no status change, no timeline entry) for longer
     than ORDER_STALL_SECONDS: what the admin's "stalled" filter and the `orders_stalled`

@@ -18,7 +18,7 @@ from integrations.errors import PermanentError, ProviderError, TransientError
 from integrations.payments import ChargeResult, ChargeStatus, GatewayCharge, get_payment_gateway
 from integrations.shipping import Carrier, CarrierShipment, get_carrier
 
-from . import dispatch, outbox, services, statements
+from . import dispatch, outbox, selectors, services, statements
 from .errors import StepNotReady
 from .models import (
     COMPENSATED_STATUSES,
@@ -93,7 +93,12 @@ def reserve_line(*, order_id: OrderId, line_id: int, attempt: int) -> str:
             return line.reservation
         line.reservation = LineReservation.RESERVED
         statements.update(line, ["reservation"])
-        unreserved = order.lines.exclude(reservation=LineReservation.RESERVED).exists()
+        unreserved = any(
+            reservation != LineReservation.RESERVED
+            for (reservation,) in statements.values_list(
+                OrderLine, ("reservation",), order_id=order.pk
+            )
+        )
         to = OrderStatus.RESERVING if unreserved else OrderStatus.PAYING
         record = event_record if order.status == to else partial(order_transition, to=to)
         record(
@@ -269,7 +274,7 @@ def _charge_decided(*, order: Order, payment: Payment, result: ChargeResult, att
             services.compensation_reopen(order_id=order.id)
         return
     payment.status = PaymentStatus.CAPTURED
-    payment.save(update_fields=["status", "charge_id", "updated_at"])
+    statements.update(payment, ["status", "charge_id", "updated_at"])
     data = {"charge_id": result.charge_id, "amount": str(result.amount)}
     if order.status == OrderStatus.PAYING:
         order_transition(
@@ -390,11 +395,11 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
     (`created`): a retry retrieves what was recorded; a create whose answer was lost is
     looked up by the order's reference before another is made; a label already bought is
     the step's success."""
-    order = Order.objects.select_related("payment").get(pk=order_id)
+    order = statements.get(Order, pk=order_id)
     if order.status != OrderStatus.SHIPPING:
         _skip(order, Step.CREATE_SHIPMENT, attempt, f"order is {order.status}")
         return
-    if order.payment.status == PaymentStatus.REFUNDED:
+    if statements.get(Payment, order_id=order.pk).status == PaymentStatus.REFUNDED:
         # Refunded in full at the gateway (its dashboard) before anything was shipped: the
         # goods do not go out unpaid.
         shipment_fail(
@@ -468,8 +473,7 @@ def _buy(carrier: Carrier, shipment: CarrierShipment) -> CarrierShipment:
 
 
 def _parcel_grams(order: Order) -> int:
-    lines = order.lines.select_related("product")
-    return sum(line.quantity * line.product.weight_grams for line in lines) or 1
+    return selectors.order_weight_grams(order.pk) or 1
 
 
 def _shipment_record(

@@ -197,16 +197,19 @@ class FakeCarrier(_Scripted):
 
     _book = _Book()
     shipments: ClassVar[dict[str, CarrierShipment]] = {}  # by shipment id
+    parcels: ClassVar[dict[str, int]] = {}  # grams, by order id, as the last create sent
 
     @classmethod
     def reset(cls) -> None:
         cls._book = _Book()
         cls.shipments.clear()
+        cls.parcels.clear()
 
     def create_shipment(
         self, *, order_id: str, address: dict[str, str], parcel_grams: int
     ) -> CarrierShipment:
         self._check_reachable("create_shipment")
+        self.parcels[order_id] = parcel_grams
         word = self._next("create_shipment")
         if word == "timeout":
             raise TransientError("create_shipment: timed out (fake)")

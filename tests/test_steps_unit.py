@@ -212,6 +212,18 @@ def test_a_shipment_run_again_ships_once(shipping, failure):
     assert Shipment.objects.filter(order=shipping).count() == 1
 
 
+def test_the_parcel_weighs_what_the_lines_weigh(db):
+    order = OrderFactory(status=OrderStatus.SHIPPING)
+    for quantity, grams in ((2, 350), (1, 120)):
+        product = ProductFactory(weight_grams=grams)
+        OrderLineFactory(order=order, product=product, quantity=quantity)
+    Payment.objects.create(
+        order=order, amount=order.total, currency="EUR", idempotency_key="k", status="captured"
+    )
+    steps.create_shipment(order_id=order.id, attempt=1)
+    assert FakeCarrier.parcels[str(order.id)] == 2 * 350 + 120
+
+
 def test_giving_up_after_a_lost_answer_finds_the_shipment_in_the_ledger(
     shipping, django_capture_on_commit_callbacks
 ):
