@@ -3,6 +3,7 @@
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any
 from uuid import UUID
 
@@ -10,16 +11,18 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, models
 from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
-from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from . import statements
 from .crypto import EncryptedJSONField, EncryptedTextField
 from .models import (
     TERMINAL_STATUSES,
     Order,
     OrderEvent,
     OrderLine,
+    Payment,
     Product,
+    Shipment,
     WebhookDelivery,
     WebhookDeliveryStatus,
     WebhookEndpoint,
@@ -48,37 +51,53 @@ def order_get(*, user: User, order_id: UUID | str) -> Order | None:
 
 def order_whole(order_id: UUID | str) -> Order:
     """The order with its payment, shipment, lines and timeline (ordered as order_list has
-    them), for any user, in one query: the lines and the timeline come as JSON arrays built by
-    PostgreSQL and are turned into model instances here. The webhooks' outbox reads an order
+    them), for any user, in one query whose SQL is built once per process: the payment and
+    the shipment come as JSON objects, the lines and the timeline as JSON arrays, built by
+    PostgreSQL and turned into model instances here. The webhooks' outbox reads an order
     this way at every event, inside the transaction of the change: order_list's prefetches
-    took three round trips and most of an event's cost."""
-    lines, events = OrderLine._meta.db_table, OrderEvent._meta.db_table
-    order = (
-        Order.objects.select_related("payment", "shipment")
-        .annotate(
-            lines_json=RawSQL(
-                f"SELECT json_agg(l ORDER BY l.id)::text FROM {lines} l "
-                f"WHERE l.order_id = {Order._meta.db_table}.id",
-                (),
-            ),
-            events_json=RawSQL(
-                f"SELECT json_agg(e ORDER BY e.at, e.id)::text FROM {events} e "
-                f"WHERE e.order_id = {Order._meta.db_table}.id",
-                (),
-            ),
-        )
-        .get(pk=order_id)
-    )
-    for name, model, rows in (
-        ("lines", OrderLine, order.lines_json),
-        ("events", OrderEvent, order.events_json),
+    took three round trips, and building the ORM's query most of what was left."""
+    with connection.cursor() as cursor:
+        cursor.execute(_order_whole_sql(), [order_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Order.DoesNotExist(f"no order {order_id}")
+    order = statements.from_row(Order, row)
+    payment_json, shipment_json, lines_json, events_json = row[-4:]
+    for name, one, text in (
+        ("payment", Payment, payment_json),
+        ("shipment", Shipment, shipment_json),
     ):
-        found = [_from_json_row(model, row) for row in _json_rows(rows)]
+        # What select_related leaves: the object (None: none exists) both ways round.
+        related = None if text is None else _from_json_row(one, json.loads(text))
+        if related is not None:
+            related._state.fields_cache["order"] = order
+        order._state.fields_cache[name] = related
+    for name, many, rows in (
+        ("lines", OrderLine, lines_json),
+        ("events", OrderEvent, events_json),
+    ):
+        found = [_from_json_row(many, row) for row in _json_rows(rows)]
         cached = getattr(order, name).all()
         # What prefetch_related leaves: the related manager answers from this list.
         cached._result_cache, cached._prefetch_done = found, True
         order.__dict__.setdefault("_prefetched_objects_cache", {})[name] = cached
     return order
+
+
+@cache
+def _order_whole_sql() -> str:
+    order = Order._meta.db_table
+    tables = {m: m._meta.db_table for m in (Payment, Shipment, OrderLine, OrderEvent)}
+    return (
+        f"SELECT {statements.columns(Order)}, "
+        f"(SELECT row_to_json(p)::text FROM {tables[Payment]} p WHERE p.order_id = {order}.id), "
+        f"(SELECT row_to_json(s)::text FROM {tables[Shipment]} s WHERE s.order_id = {order}.id), "
+        f"(SELECT json_agg(l ORDER BY l.id)::text FROM {tables[OrderLine]} l "
+        f"WHERE l.order_id = {order}.id), "
+        f"(SELECT json_agg(e ORDER BY e.at, e.id)::text FROM {tables[OrderEvent]} e "
+        f"WHERE e.order_id = {order}.id) "
+        f"FROM {order} WHERE {order}.id = %s"
+    )
 
 
 def _json_rows(rows: Any) -> list[dict]:

@@ -48,17 +48,34 @@ def _convert(row: Sequence[Any], converters: list[tuple[list, Any]]) -> list[Any
 
 
 @cache
-def _get_sql(model: type[Model], where: tuple[str, ...], lock: bool) -> tuple[str, list[str], list]:
-    meta = model._meta
+def columns(model: type[Model]) -> str:
+    """Every column of the model, qualified by its table, in the order `from_row` reads."""
     quote = connection.ops.quote_name
-    fields = list(meta.concrete_fields)
-    columns = ", ".join(quote(f.column) for f in fields)
-    sql = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {_conditions(model, where)}"
+    table = quote(model._meta.db_table)
+    return ", ".join(f"{table}.{quote(f.column)}" for f in model._meta.concrete_fields)
+
+
+@cache
+def _reader(model: type[Model]) -> tuple[list[str], list]:
+    fields = model._meta.concrete_fields
+    return [f.attname for f in fields], [_converters(f, model._meta.db_table) for f in fields]
+
+
+def from_row(model: type[M], row: Sequence[Any]) -> M:
+    """The model instance of a row that starts with `columns(model)`, as the ORM loads it."""
+    names, converters = _reader(model)
+    return model.from_db(connection.alias, names, _convert(row[: len(names)], converters))
+
+
+@cache
+def _get_sql(model: type[Model], where: tuple[str, ...], lock: bool) -> str:
+    table = connection.ops.quote_name(model._meta.db_table)
+    sql = f"SELECT {columns(model)} FROM {table} WHERE {_conditions(model, where)}"
     if lock and connection.features.has_select_for_update:
         # SQLite (the embedded default) has none: its transactions take the whole database
         # (IMMEDIATE, config/settings/base.py), as the ORM's select_for_update() leaves it.
         sql += " FOR UPDATE"
-    return sql, [f.attname for f in fields], [_converters(f, meta.db_table) for f in fields]
+    return sql
 
 
 def get(model: type[M], *, lock: bool = False, **where: Any) -> M:
@@ -73,16 +90,15 @@ def get(model: type[M], *, lock: bool = False, **where: Any) -> M:
 
 def get_or_none(model: type[M], *, lock: bool = False, **where: Any) -> M | None:
     """As `get`, None where no row matches."""
-    sql, names, converters = _get_sql(model, tuple(where), lock)
     with connection.cursor() as cursor:
-        cursor.execute(sql, list(where.values()))
+        cursor.execute(_get_sql(model, tuple(where), lock), list(where.values()))
         rows = cursor.fetchmany(2)
     if not rows:
         return None
     if len(rows) > 1:
         many: Any = model
         raise many.MultipleObjectsReturned(f"{model.__name__}: more than one row matches.")
-    return model.from_db(connection.alias, names, _convert(rows[0], converters))
+    return from_row(model, rows[0])
 
 
 @cache

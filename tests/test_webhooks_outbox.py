@@ -219,3 +219,13 @@ def test_the_order_read_in_one_query_shows_as_the_api_shows_it(db, django_assert
     assert [line["unit_price"] for line in shown["lines"]] == ["12.50", "3.00"]
     assert shown["events"][-2]["detail"] == "declined: Ada Lovelace, 1 Main St"
     assert shown["shipment"]["rate"] == "7.35"
+
+
+def test_an_order_without_payment_or_shipment_reads_as_the_api_shows_it(db):
+    from orders import selectors
+
+    order = OrderLineFactory().order
+    shown = outbox.representation_of(selectors.order_whole(order.id))
+    api = OrderOutputSerializer(order_get(user=order.user, order_id=order.id)).data
+    assert json.dumps(shown, default=str) == json.dumps(api, default=str)
+    assert shown["payment"] is None and shown["shipment"] is None
