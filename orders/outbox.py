@@ -101,18 +101,20 @@ def event_record(
         created=now,
         order=representation() if representation is not None else order_representation(order.pk),
     )
-    WebhookDelivery.objects.bulk_create(
-        WebhookDelivery(
-            endpoint_id=endpoint_id,
-            order_id=order.pk,
-            event_id=event_id,
-            type=event_type,
-            body=body,
-            next_attempt_at=now,
-            expires_at=expires_at,
-            created_at=now,
-        )
-        for endpoint_id in endpoint_ids
+    statements.insert_many(
+        [
+            WebhookDelivery(
+                endpoint_id=endpoint_id,
+                order_id=order.pk,
+                event_id=event_id,
+                type=event_type,
+                body=body,
+                next_attempt_at=now,
+                expires_at=expires_at,
+                created_at=now,
+            )
+            for endpoint_id in endpoint_ids
+        ]
     )
     dispatch.webhooks_deliver(endpoint_ids=endpoint_ids)
     return endpoint_ids

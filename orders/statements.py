@@ -48,10 +48,11 @@ def _convert(row: Sequence[Any], converters: list[tuple[list, Any]]) -> list[Any
 
 
 @cache
-def columns(model: type[Model]) -> str:
-    """Every column of the model, qualified by its table, in the order `from_row` reads."""
+def columns(model: type[Model], alias: str = "") -> str:
+    """Every column of the model, qualified by its table (or `alias`), in the order
+    `from_row` reads."""
     quote = connection.ops.quote_name
-    table = quote(model._meta.db_table)
+    table = alias or quote(model._meta.db_table)
     return ", ".join(f"{table}.{quote(f.column)}" for f in model._meta.concrete_fields)
 
 
@@ -143,23 +144,42 @@ def update(instance: Model, fields: Sequence[str]) -> None:
 
 
 @cache
-def _insert_sql(model: type[Model], conflict: tuple[str, ...]) -> tuple[str, list[Field]]:
+def _insert_sql(
+    model: type[Model], conflict: tuple[str, ...], rows: int = 1, *, returning: bool = True
+) -> tuple[str, list[Field]]:
     meta = model._meta
     quote = connection.ops.quote_name
     fields = [f for f in meta.concrete_fields if not f.primary_key]
-    columns = ", ".join(quote(f.column) for f in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({placeholders})"
+    names = ", ".join(quote(f.column) for f in fields)
+    row = f"({', '.join(['%s'] * len(fields))})"
+    sql = f"INSERT INTO {quote(meta.db_table)} ({names}) VALUES {', '.join([row] * rows)}"
     if conflict:
         target = ", ".join(quote(_field(model, name).column) for name in conflict)
         sql += f" ON CONFLICT ({target}) DO NOTHING"
-    return f"{sql} RETURNING {quote(meta.pk.column)}", fields
+    if returning:
+        sql += f" RETURNING {quote(meta.pk.column)}"
+    return sql, fields
 
 
 def insert(record: Model) -> None:
     """`record.save()` for a new row whose primary key the database assigns: auto_now_add
     and the like filled in as save() would, the pk set."""
     _insert(record, conflict=())
+
+
+def insert_many(records: Sequence[Model]) -> None:
+    """`bulk_create(records)` in one statement, for rows whose primary keys the caller
+    does not need (they are not set)."""
+    if not records:
+        return
+    sql, fields = _insert_sql(type(records[0]), (), len(records), returning=False)
+    values = [
+        f.get_db_prep_save(f.pre_save(record, add=True), connection)
+        for record in records
+        for f in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
 
 
 def insert_once(record: Model, *, conflict: Sequence[str]) -> bool:

@@ -24,6 +24,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 import redis
@@ -36,7 +37,7 @@ from redis.lock import Lock
 
 from integrations.webhook_sender import SendResult, send
 
-from . import dispatch, metrics, notifications, webhook_signing
+from . import dispatch, metrics, notifications, statements, webhook_signing
 from .locks import redis_client
 from .models import (
     WebhookAttempt,
@@ -120,12 +121,14 @@ _HEAD_SQL = """NOT EXISTS (
 )"""
 
 
+@cache
 def _sql(template: str) -> str:
     deliveries = WebhookDelivery._meta.db_table
     return template.format(
         deliveries=deliveries,
         attempts=WebhookAttempt._meta.db_table,
         head=_HEAD_SQL.format(deliveries=deliveries),
+        returning=statements.columns(WebhookDelivery, "w"),
     )
 
 
@@ -149,7 +152,7 @@ WITH picked AS (
 UPDATE {deliveries} w
 SET locked_until = %(now)s + (numbered.n * %(post)s + %(margin)s) * interval '1 second'
 FROM numbered WHERE w.id = numbered.id
-RETURNING w.*
+RETURNING {returning}
 """
 
 
@@ -166,7 +169,12 @@ def _claim(endpoint: WebhookEndpoint, *, limit: int) -> list[WebhookDelivery]:
         "post": settings.WEBHOOK_TIMEOUT_SECONDS + 1,
         "margin": MARGIN_SECONDS,
     }
-    return sorted(WebhookDelivery.objects.raw(sql, params), key=lambda row: row.pk)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return sorted(
+        (statements.from_row(WebhookDelivery, row) for row in rows), key=lambda row: row.pk
+    )
 
 
 # --- One run ------------------------------------------------------------------------------
@@ -190,7 +198,7 @@ def endpoint_deliver(*, endpoint_id: int) -> dict[str, Any]:
     WEBHOOK_BATCH_SECONDS, not one per event. A run that found nothing clears the flag, then
     asks the outbox once more what may go and takes that too; what comes after that
     question sends a task of its own."""
-    endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, enabled=True).first()
+    endpoint = statements.get_or_none(WebhookEndpoint, pk=endpoint_id, enabled=True)
     if endpoint is None:
         dispatch.webhook_queued_clear(endpoint_id)
         return {"skipped": "disabled or deleted"}
