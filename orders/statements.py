@@ -47,24 +47,32 @@ def _convert(row: Sequence[Any], converters: list[tuple[list, Any]]) -> list[Any
     return values
 
 
+def _fields(model: type[Model], only: tuple[str, ...]) -> list[Field]:
+    """The concrete fields (`only`: those named), in the model's order: from_db takes a
+    subset's values in that order."""
+    wanted = {_field(model, name) for name in only}
+    return [f for f in model._meta.concrete_fields if not only or f in wanted]
+
+
 @cache
-def columns(model: type[Model], alias: str = "") -> str:
-    """Every column of the model, qualified by its table (or `alias`), in the order
-    `from_row` reads."""
+def columns(model: type[Model], alias: str = "", only: tuple[str, ...] = ()) -> str:
+    """Every column of the model (`only`: those fields', the rest deferred as .only() leaves
+    them), qualified by its table (or `alias`), in the order `from_row` reads."""
     quote = connection.ops.quote_name
     table = alias or quote(model._meta.db_table)
-    return ", ".join(f"{table}.{quote(f.column)}" for f in model._meta.concrete_fields)
+    return ", ".join(f"{table}.{quote(f.column)}" for f in _fields(model, only))
 
 
 @cache
-def _reader(model: type[Model]) -> tuple[list[str], list]:
-    fields = model._meta.concrete_fields
+def _reader(model: type[Model], only: tuple[str, ...]) -> tuple[list[str], list]:
+    fields = _fields(model, only)
     return [f.attname for f in fields], [_converters(f, model._meta.db_table) for f in fields]
 
 
-def from_row(model: type[M], row: Sequence[Any]) -> M:
-    """The model instance of a row that starts with `columns(model)`, as the ORM loads it."""
-    names, converters = _reader(model)
+def from_row(model: type[M], row: Sequence[Any], only: tuple[str, ...] = ()) -> M:
+    """The model instance of a row that starts with `columns(model, only=only)`, as the ORM
+    loads it."""
+    names, converters = _reader(model, only)
     return model.from_db(connection.alias, names, _convert(row[: len(names)], converters))
 
 

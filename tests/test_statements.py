@@ -100,3 +100,30 @@ def test_values_list_gives_what_the_orm_gives(db):
     )
     assert sorted(map(tuple, mine)) == sorted(theirs)
     assert sorted(events for _, events in mine) == [["*"], ["order.paid", "order.failed"]]
+
+
+def test_the_bearer_token_loads_as_the_orm_loads_it(db):
+    from oauth2_provider.models import AccessToken
+
+    from orders.oauth import CLIENT_FIELDS, TOKEN_FIELDS, OAuth2Validator
+    from tests.factories import token_for
+
+    issued = token_for()
+    with CaptureQueriesContext(connection) as queries:
+        mine = OAuth2Validator()._load_access_token(issued.key)
+        # the client, its owner and the account come with it, in the one query
+        assert mine.application.client_id == issued.client.client_id
+        assert mine.user == issued.user and mine.application.user is mine.user
+    theirs = AccessToken.objects.get(pk=mine.pk)
+    assert len(queries) == 1
+    for name in TOKEN_FIELDS:
+        field = AccessToken._meta.get_field(name)
+        assert getattr(mine, field.attname) == getattr(theirs, field.attname), name
+    for name in CLIENT_FIELDS:
+        field = type(theirs.application)._meta.get_field(name)
+        assert getattr(mine.application, field.attname) == getattr(
+            theirs.application, field.attname
+        )
+    assert _fields(mine.user) == _fields(theirs.user)
+    assert mine.is_valid(["orders:read"])
+    assert OAuth2Validator()._load_access_token("not-a-token") is None
