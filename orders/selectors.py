@@ -135,7 +135,7 @@ def order_weight_grams(order_id: UUID | str) -> int:
             f"SELECT COALESCE(SUM(line.quantity * product.weight_grams), 0) "
             f"FROM {line.db_table} line JOIN {product.db_table} product "
             f"ON product.id = line.product_id WHERE line.order_id = %s",
-            [order_id],
+            [Order._meta.pk.get_db_prep_value(order_id, connection)],
         )
         return int(cursor.fetchone()[0])
 

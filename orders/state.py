@@ -6,8 +6,9 @@ entry with who acted and why. Steps, services, the recovery sweep, the API and t
 actions all change a status through it; an illegal move raises `IllegalTransition` and
 changes nothing.
 
-This module imports only the models and the webhooks' outbox (which writes the event a
-status change tells the shop, in the same transaction): anything may build on it.
+This module imports only the models, the hot path's SQL (orders/statements.py) and the
+webhooks' outbox (which writes the event a status change tells the shop, in the same
+transaction): anything may build on it.
 """
 
 from __future__ import annotations

@@ -31,6 +31,11 @@ def _conditions(model: type[Model], names: tuple[str, ...]) -> str:
     return " AND ".join(f"{quote(_field(model, name).column)} = %s" for name in names)
 
 
+def _params(model: type[Model], where: dict[str, Any]) -> list[Any]:
+    """The conditions' values as their fields send them (a UUID as text on SQLite)."""
+    return [_field(model, name).get_db_prep_value(v, connection) for name, v in where.items()]
+
+
 def _converters(field: Field, table: str) -> tuple[list, Any]:
     """What the compiler applies to the field's value as read: the backend's converters,
     then the field's own (from_db_value: decryption, JSON)."""
@@ -100,7 +105,7 @@ def get(model: type[M], *, lock: bool = False, **where: Any) -> M:
 def get_or_none(model: type[M], *, lock: bool = False, **where: Any) -> M | None:
     """As `get`, None where no row matches."""
     with connection.cursor() as cursor:
-        cursor.execute(_get_sql(model, tuple(where), lock), list(where.values()))
+        cursor.execute(_get_sql(model, tuple(where), lock), _params(model, where))
         rows = cursor.fetchmany(2)
     if not rows:
         return None
@@ -127,7 +132,7 @@ def values_list(model: type[Model], names: Sequence[str], **where: Any) -> list[
     conditions on the model's own columns."""
     sql, converters = _values_sql(model, tuple(names), tuple(where))
     with connection.cursor() as cursor:
-        cursor.execute(sql, list(where.values()))
+        cursor.execute(sql, _params(model, where))
         rows = cursor.fetchall()
     return [_convert(row, converters) for row in rows]
 
@@ -148,7 +153,8 @@ def update(instance: Model, fields: Sequence[str]) -> None:
     sql, prepared = _update_sql(type(instance), tuple(fields))
     values = [f.get_db_prep_save(f.pre_save(instance, add=False), connection) for f in prepared]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, instance.pk])
+        pk = instance._meta.pk.get_db_prep_value(instance.pk, connection)
+        cursor.execute(sql, [*values, pk])
 
 
 @cache
