@@ -52,6 +52,12 @@ def _convert(row: Sequence[Any], converters: list[tuple[list, Any]]) -> list[Any
     return values
 
 
+def _prepared(record: Model, fields: list[Field], *, add: bool) -> list[Any]:
+    """The record's values as save() sends them: auto_now and the like filled in first,
+    each then prepared by its field (encryption, JSON)."""
+    return [f.get_db_prep_save(f.pre_save(record, add=add), connection) for f in fields]
+
+
 def _fields(model: type[Model], only: tuple[str, ...]) -> list[Field]:
     """The concrete fields (`only`: those named), in the model's order: from_db takes a
     subset's values in that order."""
@@ -151,7 +157,7 @@ def update(instance: Model, fields: Sequence[str]) -> None:
     """`instance.save(update_fields=fields)` for a row that exists: auto_now fields take the
     time, every value is prepared by its field."""
     sql, prepared = _update_sql(type(instance), tuple(fields))
-    values = [f.get_db_prep_save(f.pre_save(instance, add=False), connection) for f in prepared]
+    values = _prepared(instance, prepared, add=False)
     with connection.cursor() as cursor:
         pk = instance._meta.pk.get_db_prep_value(instance.pk, connection)
         cursor.execute(sql, [*values, pk])
@@ -187,11 +193,7 @@ def insert_many(records: Sequence[Model]) -> None:
     if not records:
         return
     sql, fields = _insert_sql(type(records[0]), (), len(records), returning=False)
-    values = [
-        f.get_db_prep_save(f.pre_save(record, add=True), connection)
-        for record in records
-        for f in fields
-    ]
+    values = [value for record in records for value in _prepared(record, fields, add=True)]
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
 
@@ -208,7 +210,7 @@ def insert_once(record: Model, *, conflict: Sequence[str]) -> bool:
 
 def _insert(record: Model, *, conflict: tuple[str, ...]) -> bool:
     sql, fields = _insert_sql(type(record), conflict)
-    values = [f.get_db_prep_save(f.pre_save(record, add=True), connection) for f in fields]
+    values = _prepared(record, fields, add=True)
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
         row = cursor.fetchone()
