@@ -220,6 +220,8 @@ def tracker_json(tracker: SandboxEasyPostTracker) -> dict[str, Any]:
 
 
 def _tracker_of(shipment: SandboxEasyPostShipment) -> SandboxEasyPostTracker | None:
+    if not shipment.tracking_code:  # the tracker comes with the label: none to look for
+        return None
     try:
         return shipment.tracker
     except SandboxEasyPostTracker.DoesNotExist:
@@ -491,7 +493,8 @@ def _purchase(request: HttpRequest, bought: SandboxEasyPostShipment, rate: dict)
     bought.tracking_code = code
     label_url = request.build_absolute_uri(f"/sandbox/easypost/labels/{bought.id}.png")
     bought.postage_label = label_json(label_url, now)
-    bought.save()
+    # The columns the label changes: the addresses, parcel and rates are not encoded again.
+    bought.save(update_fields=["selected_rate", "tracking_code", "postage_label", "updated_at"])
     tracker = SandboxEasyPostTracker(id=hex_id("trk"), shipment=bought, tracking_code=code)
     tracker.carrier = rate["carrier"]
     tracker.status, tracker.route = route[0], route[1:]
@@ -527,7 +530,7 @@ def _step(tracker_id: str, _session: requests.Session) -> None:
         moving.status, moving.route = moving.route[0], moving.route[1:]
         detail = tracking_detail(moving.status, moving.carrier)
         moving.tracking_details = [*moving.tracking_details, detail]
-        moving.save()
+        moving.save(update_fields=["status", "route", "tracking_details", "updated_at"])
         _emit(moving, previous)
     if moving.route:
         _courier.at(_step_seconds(), functools.partial(_step, tracker_id))
