@@ -26,7 +26,7 @@ from django.utils import timezone
 from integrations.errors import PermanentError
 from integrations.payments import get_payment_gateway
 
-from . import dispatch, outbox, provider_events, services
+from . import dispatch, outbox, provider_events, services, statements
 from .errors import ApplicationError
 from .models import (
     COMPENSATED_STATUSES,
@@ -89,7 +89,9 @@ def _triage(event_type: str, event: dict[str, Any]) -> dict[str, Any]:
     order_id = _metadata_order_id(obj.get("metadata"))
     if order_id is None:
         return {"processed_at": timezone.now(), "result": "unknown_order"}
-    status = next(iter(Order.objects.filter(pk=order_id).values_list("status", flat=True)), None)
+    # On every payment, so its SQL is built once (orders/statements.py).
+    found = statements.values_list(Order, ["status"], pk=order_id)
+    status = found[0][0] if found else None
     if status in (OrderStatus.AWAITING_PAYMENT_ACTION, *COMPENSATED_STATUSES):
         return {}
     result = "unknown_order" if status is None else "noted"
