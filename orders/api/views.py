@@ -24,6 +24,7 @@ from rest_framework.views import APIView
 
 from .. import carrier_events, idempotency, payment_events, selectors
 from ..errors import ApplicationError
+from ..models import Order
 from ..services import order_cancel, order_create
 from ..state import Actor
 from .oauth import ScopeRequired, scopes
@@ -31,6 +32,7 @@ from .serializers import (
     OrderCreateInputSerializer,
     OrderOutputSerializer,
     ProductOutputSerializer,
+    shared_serializer,
 )
 from .throttles import OrderCreateAnonThrottle, OrderCreateUserThrottle
 
@@ -65,6 +67,13 @@ ERROR_DESCRIPTIONS = {
 def _user(request: Request) -> User:
     # The order views require IsAuthenticated: the user is a real one.
     return cast(User, request.user)
+
+
+def _shown(order: Order) -> dict:
+    """The order as the API shows it, by this thread's one OrderOutputSerializer: DRF builds
+    a serializer's fields (and its nested ones') anew for every instance, a sixth of the
+    POST's CPU (profiled); the webhooks' outbox shows orders the same way."""
+    return dict(shared_serializer(OrderOutputSerializer).to_representation(order))
 
 
 def errors(*codes: int, descriptions: dict[int, str] | None = None) -> dict:
@@ -243,7 +252,7 @@ class OrderListCreateView(GenericAPIView):
         try:
             with transaction.atomic():
                 created = order_create(user=_user(request), **data.validated_data)
-                body = OrderOutputSerializer(created).data
+                body = _shown(created)
                 headers = {
                     "Location": reverse("orders:order-detail", kwargs={"order_id": created.pk})
                 }
@@ -275,7 +284,7 @@ class OrderDetailView(APIView):
         order = selectors.order_get(user=_user(request), order_id=order_id)
         if order is None:
             raise ApplicationError("Not found.", status_code=404, code="not_found")
-        return Response(OrderOutputSerializer(order).data)
+        return Response(_shown(order))
 
 
 class OrderCancelView(APIView):
@@ -299,9 +308,8 @@ class OrderCancelView(APIView):
         if order is None:
             raise ApplicationError("Not found.", status_code=404, code="not_found")
         order_cancel(order_id=order.id, actor=Actor.for_user(_user(request)))
-        return Response(
-            OrderOutputSerializer(selectors.order_get(user=_user(request), order_id=order_id)).data
-        )
+        cancelled = selectors.order_get(user=_user(request), order_id=order_id)
+        return Response(_shown(cast(Order, cancelled)))  # it was there a moment ago: it stays
 
 
 class StripeWebhookView(APIView):
