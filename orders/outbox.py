@@ -26,7 +26,7 @@ from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
 
 from . import dispatch, selectors, statements
-from .api.serializers import OrderOutputSerializer, shared_serializer
+from .api.serializers import order_shown
 from .models import (
     WEBHOOK_ALL_EVENTS,
     Order,
@@ -60,7 +60,7 @@ def subscribers(*, user_id: int, event_type: str) -> list[int]:
 
 def representation_of(order: Order) -> dict:
     """What OrderOutputSerializer(order).data gives, the API's detail view's body."""
-    return dict(shared_serializer(OrderOutputSerializer).to_representation(order))
+    return order_shown(order)
 
 
 def order_representation(order_id: uuid.UUID) -> dict:

@@ -261,3 +261,10 @@ class OrderOutputSerializer(serializers.ModelSerializer):
         if shipment is None or shipment.label_status != LabelStatus.PURCHASED:
             return None  # being made: shown once its label is bought
         return shared_serializer(ShipmentOutputSerializer).to_representation(shipment)
+
+
+def order_shown(order: Order) -> dict:
+    """The order as the API shows it (what OrderOutputSerializer(order).data gives): the
+    answers of the order views and the order in every webhook event, by this thread's one
+    serializer."""
+    return dict(shared_serializer(OrderOutputSerializer).to_representation(order))
