@@ -11,15 +11,29 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
-# A row whose id save() has just made is new, and save() says so (force_insert): left to
-# guess, Django first tries an UPDATE of that id, as it does for every primary key without a
-# default, and only then inserts: a wasted statement per PaymentIntent.
-
-
-class SandboxPaymentIntent(models.Model):
-    """A PaymentIntent of the sandbox's Stripe; `as_json` is its wire format."""
+class _ProviderObject(models.Model):
+    """An object whose id the provider makes, when it is first saved (`new_id`)."""
 
     id = models.CharField(primary_key=True, max_length=40, editable=False)
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.id:
+            self.id = self.new_id()
+            # A new id is a new row, and save() says so: left to guess, Django first tries an
+            # UPDATE of that id, as for every primary key without a default, then inserts.
+            kwargs.setdefault("force_insert", True)
+        super().save(*args, **kwargs)
+
+    def new_id(self) -> str:
+        raise NotImplementedError
+
+
+class SandboxPaymentIntent(_ProviderObject):
+    """A PaymentIntent of the sandbox's Stripe; `as_json` is its wire format."""
+
     amount = models.PositiveBigIntegerField()  # in the currency's minor unit, as Stripe's
     currency = models.CharField(max_length=3)
     payment_method = models.CharField(max_length=100, blank=True)
@@ -38,16 +52,13 @@ class SandboxPaymentIntent(models.Model):
     def __str__(self) -> str:
         return f"{self.id} {self.status} {self.amount} {self.currency}"
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self.id:
-            self.id = _new_id("pi")
-            self.client_secret = f"{self.id}_secret_{uuid.uuid4().hex[:24]}"
-            kwargs.setdefault("force_insert", True)  # a new id: a new row
-        super().save(*args, **kwargs)
+    def new_id(self) -> str:
+        made = _new_id("pi")
+        self.client_secret = f"{made}_secret_{uuid.uuid4().hex[:24]}"  # made with its id
+        return made
 
 
-class SandboxStripeRefund(models.Model):
-    id = models.CharField(primary_key=True, max_length=40, editable=False)
+class SandboxStripeRefund(_ProviderObject):
     payment_intent = models.ForeignKey(
         SandboxPaymentIntent, on_delete=models.CASCADE, related_name="refunds"
     )
@@ -64,11 +75,8 @@ class SandboxStripeRefund(models.Model):
     def __str__(self) -> str:
         return f"{self.id} of {self.payment_intent_id}"
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self.id:
-            self.id = _new_id("re")
-            kwargs.setdefault("force_insert", True)  # a new id: a new row
-        super().save(*args, **kwargs)
+    def new_id(self) -> str:
+        return _new_id("re")
 
 
 class SandboxIdempotentRequest(models.Model):
@@ -118,11 +126,10 @@ def hex_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"  # EasyPost's ids: a prefix and 32 hex digits
 
 
-class SandboxEasyPostShipment(models.Model):
+class SandboxEasyPostShipment(_ProviderObject):
     """A Shipment of the sandbox's EasyPost. The nested objects it was created with (its
     addresses, parcel, rates) are kept as their wire format: they never change."""
 
-    id = models.CharField(primary_key=True, max_length=40, editable=False)
     reference = models.CharField(max_length=255, blank=True, db_index=True)
     to_address = models.JSONField()
     from_address = models.JSONField()
@@ -142,17 +149,13 @@ class SandboxEasyPostShipment(models.Model):
     def __str__(self) -> str:
         return f"{self.id} {self.reference} {self.tracking_code or 'unbought'}"
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self.id:
-            self.id = hex_id("shp")
-            kwargs.setdefault("force_insert", True)  # a new id: a new row
-        super().save(*args, **kwargs)
+    def new_id(self) -> str:
+        return hex_id("shp")
 
 
-class SandboxEasyPostTracker(models.Model):
+class SandboxEasyPostTracker(_ProviderObject):
     """The Tracker of a bought shipment; `route` is what its status is still to become."""
 
-    id = models.CharField(primary_key=True, max_length=40, editable=False)
     shipment = models.OneToOneField(
         SandboxEasyPostShipment, on_delete=models.CASCADE, related_name="tracker"
     )
@@ -169,11 +172,8 @@ class SandboxEasyPostTracker(models.Model):
     def __str__(self) -> str:
         return f"{self.id} {self.tracking_code} {self.status}"
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self.id:
-            self.id = hex_id("trk")
-            kwargs.setdefault("force_insert", True)  # a new id: a new row
-        super().save(*args, **kwargs)
+    def new_id(self) -> str:
+        return hex_id("trk")
 
 
 class SandboxEasyPostEvent(models.Model):
