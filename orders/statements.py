@@ -159,8 +159,7 @@ def update(instance: Model, fields: Sequence[str]) -> None:
     sql, prepared = _update_sql(type(instance), tuple(fields))
     values = _prepared(instance, prepared, add=False)
     with connection.cursor() as cursor:
-        pk = instance._meta.pk.get_db_prep_value(instance.pk, connection)
-        cursor.execute(sql, [*values, pk])
+        cursor.execute(sql, [*values, *_params(type(instance), {"pk": instance.pk})])
 
 
 @cache
