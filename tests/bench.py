@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,14 @@ def main() -> None:
         "(the same, results in Redis), ceiling-bare "
         "and ceiling-bare-redis (on Celery's defaults), api and api-busy (POST /api/orders/ "
         "latency at 1, 16 and 64 clients, workers stopped or running); a list",
+    )
+    parser.add_argument(
+        "--sandbox",
+        choices=["own", "app"],
+        default="own",
+        help="where the sandbox providers are served: on a server of their own, as Stripe's "
+        "and EasyPost's are (own, the default: the app's server does the app's work alone), "
+        "or by the app's server, as `make run` serves them (app)",
     )
     parser.add_argument(
         "--tracking-step",
@@ -103,7 +112,7 @@ def main() -> None:
                 argv = [sys.executable, "-m", "tests.bench", "--one", "--orders", str(args.orders)]
                 argv += ["--broker", broker, "--concurrency", concurrency, "--what", what]
                 argv += ["--reuse-max", str(args.reuse_max)]
-                argv += ["--tracking-step", str(args.tracking_step)]
+                argv += ["--tracking-step", str(args.tracking_step), "--sandbox", args.sandbox]
                 argv += ["--webhook-endpoint"] if args.webhook_endpoint else []
                 argv += ["--webhook-worker", str(args.webhook_worker)]
                 done = subprocess.run(argv, capture_output=True, text=True)
@@ -231,6 +240,12 @@ def _one(args) -> None:
 
     ensure_services()
     port = free_port()
+    # The sandbox providers stand for Stripe's and EasyPost's servers: by default on a server
+    # of their own, as those are (config/settings/sandbox.py), sending their events to the
+    # app's endpoints; --sandbox app serves them from the app's server, as `make run` does.
+    sandbox_port = free_port() if args.sandbox == "own" else port
+    app = f"http://127.0.0.1:{port}"
+    sandbox = f"http://127.0.0.1:{sandbox_port}/sandbox"
     # Production-like: persistent connections (CONN_MAX_AGE) and DEBUG off; the sandbox on.
     env = {
         **os.environ,
@@ -239,9 +254,11 @@ def _one(args) -> None:
         "DATABASE_URL": BENCH_DB,
         "REDIS_URL": BENCH_REDIS,
         "CELERY_BROKER_URL": BENCH_RABBITMQ if args.broker == "rabbitmq" else BENCH_REDIS,
-        "SANDBOX_URL": f"http://127.0.0.1:{port}/sandbox/",
-        "STRIPE_API_BASE": f"http://127.0.0.1:{port}/sandbox/stripe",
-        "EASYPOST_API_BASE": f"http://127.0.0.1:{port}/sandbox/easypost/v2",
+        "SANDBOX_URL": f"{sandbox}/",
+        "STRIPE_API_BASE": f"{sandbox}/stripe",
+        "EASYPOST_API_BASE": f"{sandbox}/easypost/v2",
+        "STRIPE_SANDBOX_WEBHOOK_URL": f"{app}/api/webhooks/stripe/",
+        "EASYPOST_SANDBOX_WEBHOOK_URL": f"{app}/api/webhooks/easypost/",
         "CELERY_DB_REUSE_MAX": str(args.reuse_max),
         "EASYPOST_SANDBOX_TRACKING_STEP_SECONDS": str(args.tracking_step),
         "LOG_LEVEL": "WARNING",
@@ -264,6 +281,7 @@ def _one(args) -> None:
         _ceiling(args, env)
         return
     _seed()
+    args.sandbox_port = sandbox_port
     if args.what.startswith("api"):
         _api(args, env, port)
         return
@@ -284,6 +302,21 @@ def _start_web(port: int, env: dict, *, access_log: str = "") -> subprocess.Pope
     if access_log:
         argv += ["--access-logfile", access_log]
     return subprocess.Popen(argv, env={**env, "THROTTLE_ORDER_CREATE_RATE": "1000000/min"})
+
+
+def _start_sandbox(args, env: dict, *, access_log: str = "") -> subprocess.Popen | None:
+    """The sandbox providers' own server (--sandbox own): one process of 8 threads, with only
+    their routes and none of the app's middleware; None when the app's server serves them."""
+    if args.sandbox != "own":
+        return None
+    bin_dir = os.path.dirname(sys.executable)
+    argv = [f"{bin_dir}/gunicorn", "config.wsgi", "-b", f"127.0.0.1:{args.sandbox_port}"]
+    argv += ["-k", "gthread", "-w", "1", "--threads", "8", "--log-level", "warning"]
+    if access_log:
+        argv += ["--access-logfile", access_log]
+    proc = subprocess.Popen(argv, env={**env, "DJANGO_SETTINGS_MODULE": "config.settings.sandbox"})
+    _wait_http(f"http://127.0.0.1:{args.sandbox_port}/sandbox/stripe/v1/events", any_answer=True)
+    return proc
 
 
 def _start_worker(
@@ -330,6 +363,8 @@ def _pipeline(args, env: dict, port: int) -> None:
     # With webhooks and --webhook-worker N, their queue has a worker of its own, as
     # docker-compose runs it; by default the pipeline's worker takes it too.
     apart = args.webhook_endpoint and args.webhook_worker > 0
+    sandbox_log = f"/tmp/bench-sandbox-access-{port}.log"
+    sandbox = _start_sandbox(args, env, access_log=sandbox_log)
     procs = [
         _start_web(port, env, access_log=access_log),
         _start_worker(args.concurrency, env, queues="-X orders.webhooks" if apart else ""),
@@ -349,16 +384,16 @@ def _pipeline(args, env: dict, port: int) -> None:
         if receiver is not None:
             args.what = "pipeline+webhooks"
         time.sleep(3)  # the worker's pool
-        before = _costs(procs, access_log)
+        before = _costs(procs, access_log, sandbox, sandbox_log)
         start = time.monotonic()
         ids = _place(f"http://127.0.0.1:{port}/api/orders/", payload, tokens, args.orders)
         created = time.monotonic()
         _wait_terminal(ids, start)
         done = time.monotonic()
         webhooks = _webhooks_arrived(receiver, ids, done) if receiver is not None else {}
-        after = _costs(procs, access_log)
+        after = _costs(procs, access_log, sandbox, sandbox_log)
     finally:
-        _stop(procs)
+        _stop([*procs, *([sandbox] if sandbox else [])])
         if receiver is not None:
             receiver.stop()
     from orders.models import Order
@@ -469,12 +504,14 @@ def _wait_terminal(ids: list[str], start: float) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def _costs(procs: list, access_log: str) -> dict[str, float]:
+def _costs(
+    procs: list, access_log: str, sandbox: subprocess.Popen | None = None, sandbox_log: str = ""
+) -> dict[str, float]:
     """Counters read now, whose growth over a run, divided by its orders, is the cost of one
-    order: PostgreSQL transactions and rows (the bench database's statistics), Redis commands
-    (broker, locks and cache: the whole server), HTTP calls to the sandbox providers (the web
-    server's access log), and CPU milliseconds of the web server's and the worker's process
-    trees."""
+    order: PostgreSQL transactions and rows (the bench database's statistics: the sandbox's
+    included), Redis commands (broker, locks and cache: the whole server), HTTP calls to the
+    sandbox providers (the access logs), and CPU milliseconds of the web server's, the
+    worker's and the sandbox's own server's process trees."""
     import psycopg
     import redis
 
@@ -489,14 +526,16 @@ def _costs(procs: list, access_log: str) -> dict[str, float]:
             [name],
         ).fetchone()
     stats = redis.Redis.from_url(BENCH_REDIS).info("commandstats")
-    try:
-        with open(access_log) as log:
-            lines = log.readlines()
-        provider_calls = sum("/sandbox/" in line for line in lines)
-        # Stripe's events, sent back by the sandbox to the webhook endpoint.
-        webhook_calls = sum("/api/webhooks/" in line for line in lines)
-    except FileNotFoundError:
-        provider_calls = webhook_calls = 0
+    lines = []
+    for path in {access_log, sandbox_log} - {""}:
+        try:
+            with open(path) as log:
+                lines += log.readlines()
+        except FileNotFoundError:
+            pass
+    provider_calls = sum("/sandbox/" in line for line in lines)
+    # Stripe's events, sent back by the sandbox to the webhook endpoint.
+    webhook_calls = sum("/api/webhooks/" in line for line in lines)
     ticks = os.sysconf("SC_CLK_TCK")
 
     def cpu_ms(pid: int) -> float:
@@ -519,6 +558,7 @@ def _costs(procs: list, access_log: str) -> dict[str, float]:
         "webhook_calls": webhook_calls,
         "web_cpu_ms": cpu_ms(procs[0].pid),
         "worker_cpu_ms": sum(cpu_ms(proc.pid) for proc in procs[1:]),  # webhooks' too
+        **({"sandbox_cpu_ms": cpu_ms(sandbox.pid)} if sandbox else {}),
     }
 
 
@@ -566,6 +606,8 @@ def _api(args, env: dict, port: int) -> None:
     procs = [_start_web(port, env)]
     if args.what == "api-busy":
         procs.append(_start_worker(args.concurrency, env))
+        if sandbox := _start_sandbox(args, env):
+            procs.append(sandbox)
     url = f"http://127.0.0.1:{port}/api/orders/"
     payload = order_payload(("BENCH-A", 1), ("BENCH-B", 1))
     rows = []
@@ -696,11 +738,16 @@ def _seed() -> None:
         )
 
 
-def _wait_http(url: str) -> None:
+def _wait_http(url: str, *, any_answer: bool = False) -> None:
+    """Until `url` answers 2xx (or, with any_answer, anything at all: an API without a key)."""
     for _ in range(100):
         try:
             urllib.request.urlopen(url, timeout=1)
             return
+        except urllib.error.HTTPError:
+            if any_answer:
+                return
+            time.sleep(0.2)
         except OSError:
             time.sleep(0.2)
     raise SystemExit(f"{url} never answered")
