@@ -254,7 +254,6 @@ def _one(args) -> None:
         "DATABASE_URL": BENCH_DB,
         "REDIS_URL": BENCH_REDIS,
         "CELERY_BROKER_URL": BENCH_RABBITMQ if args.broker == "rabbitmq" else BENCH_REDIS,
-        "SANDBOX_URL": f"{sandbox}/",
         "STRIPE_API_BASE": f"{sandbox}/stripe",
         "EASYPOST_API_BASE": f"{sandbox}/easypost/v2",
         "STRIPE_SANDBOX_WEBHOOK_URL": f"{app}/api/webhooks/stripe/",

@@ -140,7 +140,6 @@ def _close_other_connections() -> None:
 @pytest.fixture
 def sandbox(live_server, settings):
     """Point the adapters at the sandbox providers served by the live test server."""
-    settings.SANDBOX_URL = f"{live_server.url}/sandbox/"
     settings.STRIPE_API_BASE = f"{live_server.url}/sandbox/stripe"
     settings.EASYPOST_API_BASE = f"{live_server.url}/sandbox/easypost/v2"
     return live_server

@@ -365,7 +365,6 @@ class Stack:
                 "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{self.db_name}?application_name={self.app_name}",
                 "REDIS_URL": self.redis.url,
                 "CELERY_BROKER_URL": self.broker_url,
-                "SANDBOX_URL": f"{self.web_url}/sandbox/",
                 "STRIPE_API_BASE": f"{self.web_url}/sandbox/stripe",
                 "EASYPOST_API_BASE": f"{self.web_url}/sandbox/easypost/v2",
                 "EMAIL_HOST": HOST,

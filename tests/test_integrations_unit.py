@@ -11,13 +11,10 @@ import requests
 import responses
 from aiosmtpd.controller import Controller
 
-from integrations import http
 from integrations.email import send_email
 from integrations.errors import PermanentError, TransientError
 from integrations.payments import StripeGateway
 from tests.services import free_port
-
-URL = "https://provider.invalid/v1/things/"
 
 
 @pytest.fixture
@@ -26,60 +23,6 @@ def mocked(settings):
     settings.PROVIDER_CONNECT_TIMEOUT_SECONDS = 1.5
     with responses.RequestsMock() as rsps:
         yield rsps
-
-
-@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
-def test_throttling_and_server_errors_are_transient(mocked, status):
-    mocked.post(URL, json={"error": {"code": "busy"}}, status=status)
-
-    with pytest.raises(TransientError, match=f"HTTP {status}"):
-        http.call("POST", URL, json={}, idempotency_key="k")
-
-
-@pytest.mark.parametrize(
-    "error", [requests.ConnectTimeout(), requests.ReadTimeout(), requests.ConnectionError()]
-)
-def test_timeouts_and_dropped_connections_are_transient(mocked, error):
-    mocked.post(URL, body=error)
-
-    with pytest.raises(TransientError):
-        http.call("POST", URL, json={})
-
-
-@pytest.mark.parametrize("status", [200, 201, 400])
-def test_a_body_that_is_not_json_is_transient(mocked, status):
-    mocked.post(URL, body="<html>oops</html>", status=status)
-
-    with pytest.raises(TransientError, match="not JSON"):
-        http.call("POST", URL, json={})
-
-
-def test_a_client_error_is_permanent_with_the_providers_code(mocked):
-    mocked.post(URL, json={"error": {"code": "address_rejected", "message": "no"}}, status=422)
-
-    with pytest.raises(PermanentError) as caught:
-        http.call("POST", URL, json={})
-    assert caught.value.code == "address_rejected"
-
-
-def test_a_client_error_without_a_code_is_named_by_its_status(mocked):
-    mocked.post(URL, json={"detail": "nope"}, status=409)
-
-    with pytest.raises(PermanentError) as caught:
-        http.call("POST", URL, json={})
-    assert caught.value.code == "http_409"
-
-
-def test_the_idempotency_key_and_the_timeouts_are_sent(mocked):
-    mocked.post(URL, json={"id": "x"}, status=201)
-
-    assert http.call("POST", URL, json={"a": 1}, idempotency_key="order-1-charge") == (
-        201,
-        {"id": "x"},
-    )
-    request = mocked.calls[0].request
-    assert request.headers["Idempotency-Key"] == "order-1-charge"
-    assert request.req_kwargs["timeout"] == (1.5, 4.0)
 
 
 STRIPE = "https://stripe.invalid"

@@ -29,7 +29,6 @@ def test_an_order_runs_against_the_sandbox_on_its_own_server(stack_factory, tmp_
         start=False,
         env={
             **secrets,
-            "SANDBOX_URL": f"{sandbox_base}/sandbox/",
             "STRIPE_API_BASE": f"{sandbox_base}/sandbox/stripe",
             "EASYPOST_API_BASE": f"{sandbox_base}/sandbox/easypost/v2",
         },

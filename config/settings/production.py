@@ -26,7 +26,6 @@ METRICS_REQUIRE_TOKEN = True  # and METRICS_TOKEN from the environment: no outsi
 # secret, and mail backends that deliver nothing).
 PAYMENT_GATEWAY = env("PAYMENT_GATEWAY", default="integrations.payments.StripeGateway")
 SHIPPING_CARRIER = env("SHIPPING_CARRIER", default="integrations.shipping.EasyPostCarrier")
-SANDBOX_URL = ""
 EMAIL_HOST = env("EMAIL_HOST")
 EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 # One JSON object per log line, for the log pipeline.
