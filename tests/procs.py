@@ -80,6 +80,14 @@ _OWN_NAMES = {
 }
 
 
+# Celery 5.7 may hang in the warm shutdown that follows an `Unrecoverable error` instead of
+# exiting (README, "Known limits"), answering no ping: a supervisor's liveness check restarts
+# such a worker. The supervisor here does the same once the warm shutdown has had this long
+# to finish on its own.
+UNRECOVERABLE = "Unrecoverable error"
+HUNG_AFTER = 30.0
+
+
 class ProcessFailed(RuntimeError):
     """A child process exited or did not become ready in time."""
 
@@ -125,6 +133,7 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self.popen: subprocess.Popen | None = None
         self.nodename = ""  # a worker's Celery node name
+        self.unrecoverable_at: float | None = None  # when a worker logged UNRECOVERABLE
         self.spec: dict = {}  # a worker's start_worker() arguments
 
     def start(self) -> Proc:
@@ -332,7 +341,7 @@ class Stack:
         self.flower: list[Proc] = []  # Flower and its authenticating proxy
         self.workers: list[Proc] = []
         self.killed_workers: list[Proc] = []
-        self.crashed_workers: list[Proc] = []  # exited by themselves; see replace_crashed_workers
+        self.crashed_workers: list[Proc] = []  # exited or hung; see replace_crashed_workers
         self._worker_seq = 0
         self._client = None
 
@@ -577,8 +586,18 @@ class Stack:
 
     def replace_crashed_workers(self) -> list[Proc]:
         """What a process supervisor (systemd, Kubernetes) does: a worker that exited by
-        itself is replaced by a new one. Returns the workers found dead."""
-        crashed = [proc for proc in self.workers if not proc.alive]
+        itself, or that its liveness check finds hung, is replaced by a new one. Returns the
+        workers found dead."""
+        now = time.monotonic()
+        for proc in self.workers:
+            if proc.alive and proc.unrecoverable_at is None and UNRECOVERABLE in proc.log():
+                proc.unrecoverable_at = now
+        crashed = [
+            proc
+            for proc in self.workers
+            if not proc.alive
+            or (proc.unrecoverable_at is not None and now - proc.unrecoverable_at > HUNG_AFTER)
+        ]
         for proc in crashed:
             proc.kill()  # reap it, and whatever it left behind in its group
             self.workers.remove(proc)
