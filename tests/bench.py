@@ -547,6 +547,20 @@ def _costs(
             total += (int(fields[11]) + int(fields[12])) * 1000 / ticks
         return total
 
+    def server_cpu_ms(name: str) -> float:
+        """A server's CPU on this machine (every process of that name; PostgreSQL's postmaster
+        counts its ended backends too, having reaped them)."""
+        total = 0.0
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.find("(") + 1 : stat.rfind(")")] == name:
+                fields = stat.rsplit(")", 1)[1].split()
+                total += sum(int(f) for f in fields[11:15]) * 1000 / ticks
+        return total
+
     return {
         "sql_transactions": row[0],
         "rows_inserted": row[1],
@@ -558,6 +572,9 @@ def _costs(
         "web_cpu_ms": cpu_ms(procs[0].pid),
         "worker_cpu_ms": sum(cpu_ms(proc.pid) for proc in procs[1:]),  # webhooks' too
         **({"sandbox_cpu_ms": cpu_ms(sandbox.pid)} if sandbox else {}),
+        # The servers' whole CPU: anything else they serve meanwhile counts too.
+        "postgres_cpu_ms": server_cpu_ms("postgres"),
+        "redis_cpu_ms": server_cpu_ms("redis-server"),
     }
 
 
