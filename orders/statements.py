@@ -36,12 +36,16 @@ def _params(model: type[Model], where: dict[str, Any]) -> list[Any]:
     return [_field(model, name).get_db_prep_value(v, connection) for name, v in where.items()]
 
 
-def _converters(field: Field, table: str) -> tuple[list, Any]:
+def _converters(field: Field, table: str, *, sealed: bool = False) -> tuple[list, Any]:
     """What the compiler applies to the field's value as read: the backend's converters,
-    then the field's own (from_db_value: decryption, JSON)."""
+    then the field's own (from_db_value: decryption, JSON). `sealed`: a field that can
+    (crypto.EncryptedTextField) decrypts on the instance attribute's first read instead."""
     col = field.get_col(table)
     found: Any = field
-    return connection.ops.get_db_converters(col) + found.get_db_converters(connection), col
+    # Asked of the field, not of its class: this module builds on Django alone.
+    lazy = getattr(field, "sealed_from_db_value", None) if sealed else None
+    own = [lazy] if lazy else found.get_db_converters(connection)
+    return connection.ops.get_db_converters(col) + own, col
 
 
 def _convert(row: Sequence[Any], converters: list[tuple[list, Any]]) -> list[Any]:
@@ -77,7 +81,8 @@ def columns(model: type[Model], alias: str = "", only: tuple[str, ...] = ()) -> 
 @cache
 def _reader(model: type[Model], only: tuple[str, ...]) -> tuple[list[str], list]:
     fields = _fields(model, only)
-    return [f.attname for f in fields], [_converters(f, model._meta.db_table) for f in fields]
+    table = model._meta.db_table
+    return [f.attname for f in fields], [_converters(f, table, sealed=True) for f in fields]
 
 
 def from_row(model: type[M], row: Sequence[Any], only: tuple[str, ...] = ()) -> M:

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from orders import statements
+from orders import crypto, statements
 from orders.models import Order, OrderEvent, WebhookEndpoint
 from tests.factories import OrderFactory, UserFactory
 
@@ -86,6 +86,36 @@ def test_an_insert_writes_what_create_writes(db):
         k: v for k, v in _fields(theirs_read).items() if k not in ignore
     }
     assert mine_read.at == mine.at and mine_read.detail == "declined: insufficient_funds"
+
+
+def test_a_loaded_orders_personal_data_is_decrypted_only_when_read(db, monkeypatch):
+    order = OrderFactory(email="ada@example.com", ship_name="Ada Lovelace")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT ship_line1 FROM orders_order WHERE id = %s", [order.pk])
+        stored_line1 = cursor.fetchone()[0]
+    opened: list[str] = []
+    real_decrypt = crypto.decrypt
+
+    def counting(token: str, *, what: str = "a value") -> str:
+        opened.append(what)
+        return real_decrypt(token, what=what)
+
+    monkeypatch.setattr(crypto, "decrypt", counting)
+    with transaction.atomic():
+        locked = statements.get(Order, lock=True, pk=order.pk)
+        assert locked.status == order.status and opened == []  # a status read opens nothing
+        assert locked.email == "ada@example.com" and opened == ["Order.email"]
+        assert locked.email == "ada@example.com" and opened == ["Order.email"]  # opened once
+        # Saved with the rest unread: the address is written back exactly as it was stored.
+        locked.ship_name = "A. Lovelace"
+        locked.save()
+    assert Order.objects.get(pk=order.pk).ship_name == "A. Lovelace"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT ship_line1 FROM orders_order WHERE id = %s", [order.pk])
+        assert cursor.fetchone()[0] == stored_line1
+    # values_list and the ORM still give the plaintext at once.
+    assert statements.values_list(Order, ["email"], pk=order.pk) == [["ada@example.com"]]
+    assert Order.objects.values_list("ship_name", flat=True).get(pk=order.pk) == "A. Lovelace"
 
 
 def test_values_list_gives_what_the_orm_gives(db):
