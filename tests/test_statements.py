@@ -12,8 +12,8 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from orders import crypto, statements
-from orders.models import Order, OrderEvent, WebhookEndpoint
-from tests.factories import OrderFactory, UserFactory
+from orders.models import Order, OrderEvent, Product, WebhookEndpoint
+from tests.factories import OrderFactory, ProductFactory, UserFactory
 
 
 def _fields(instance) -> dict:
@@ -116,6 +116,17 @@ def test_a_loaded_orders_personal_data_is_decrypted_only_when_read(db, monkeypat
     # values_list and the ORM still give the plaintext at once.
     assert statements.values_list(Order, ["email"], pk=order.pk) == [["ada@example.com"]]
     assert Order.objects.values_list("ship_name", flat=True).get(pk=order.pk) == "A. Lovelace"
+
+
+def test_filter_in_gives_what_the_orm_gives(db):
+    for sku, active in (("MUG-1", True), ("MUG-2", True), ("MUG-3", False), ("TEE-1", True)):
+        ProductFactory(sku=sku, is_active=active)
+    skus = ["MUG-1", "MUG-2", "MUG-3", "NONE"]
+    mine = statements.filter_in(Product, "sku", skus, is_active=True)
+    theirs = Product.objects.filter(sku__in=skus, is_active=True)
+    assert sorted(map(_fields, mine), key=str) == sorted(map(_fields, theirs), key=str)
+    assert sorted(p.sku for p in mine) == ["MUG-1", "MUG-2"]
+    assert statements.filter_in(Product, "sku", []) == []
 
 
 def test_values_list_gives_what_the_orm_gives(db):
