@@ -183,7 +183,12 @@ def test_a_failed_delivery_is_retried(client, receiver, settings):
     SandboxStripeEvent.objects.update(url=url)
     [(payload, _)] = wait_for(lambda: list(receiver), timeout=15, what="a retried webhook")
     assert json.loads(payload)["type"] == "payment_intent.succeeded"
-    assert SandboxStripeEvent.objects.get().attempts >= 2
+    # Noted once the receiver has answered: a moment after the receiver has the event.
+    wait_for(
+        lambda: SandboxStripeEvent.objects.get().attempts >= 2,
+        timeout=5,
+        what="the retried delivery noted",
+    )
 
 
 # --- The adapter's ledger --------------------------------------------------------------------
