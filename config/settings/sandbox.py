@@ -7,7 +7,11 @@ sandbox's events are pointed with STRIPE_API_BASE, EASYPOST_API_BASE and
 STRIPE_SANDBOX_WEBHOOK_URL, EASYPOST_SANDBOX_WEBHOOK_URL (the app's endpoints)."""
 
 from .local import *  # noqa: F403
+from .local import DATABASES
 
 ROOT_URLCONF = "integrations.sandbox.root_urls"
 # A database that cannot be reached is a 503 the adapters retry, as on the app's server.
 MIDDLEWARE = ["orders.middleware.DatabaseUnavailableMiddleware"]
+# No `SELECT 1` before each request's first query: after a database restart, a stand-in's
+# first request on a broken connection is that 503, and the adapters' retry finds a new one.
+DATABASES = {"default": {**DATABASES["default"], "CONN_HEALTH_CHECKS": False}}
