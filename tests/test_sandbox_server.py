@@ -6,10 +6,9 @@ nothing of the app."""
 import pytest
 import requests
 
-from orders.models import ProviderEvent
-from orders.oauth import api_client_create
-from tests.factories import ProductFactory, UserFactory, order_payload
-from tests.helpers import api_session, client_credentials_token, gateway_ledger, wait_for
+from orders.models import Order, ProviderEvent
+from tests.factories import ProductFactory, order_payload
+from tests.helpers import gateway_ledger, place_as_new_customer, wait_for
 from tests.procs import BIN, HOST, Proc
 from tests.services import free_port
 
@@ -18,8 +17,6 @@ pytestmark = pytest.mark.slow
 
 def test_an_order_runs_against_the_sandbox_on_its_own_server(stack_factory, tmp_path):
     ProductFactory(sku="MUG-001", price="12.50", stock=10)
-    ada = UserFactory(username="ada", email="ada@example.com")
-    issued = api_client_create(user=ada, scopes=["orders:read", "orders:write"])
     port = free_port()
     sandbox_base = f"http://{HOST}:{port}"
     # The app's settings and the sandbox's (local) differ in their default secrets: both sides
@@ -61,24 +58,16 @@ def test_an_order_runs_against_the_sandbox_on_its_own_server(stack_factory, tmp_
 
         sandbox.wait_ready(answering, timeout=30)
         stack.start(workers=1)
-        api = api_session(
-            client_credentials_token(stack.web_url, issued.client.client_id, issued.client_secret)
-        )
-
-        response = api.post(
-            f"{stack.web_url}/api/orders/", json=order_payload(("MUG-001", 2)), timeout=10
-        )
-        assert response.status_code == 201, response.text
-        order_id = response.json()["id"]
+        order_id = place_as_new_customer(stack.web_url, order_payload(("MUG-001", 2)))
 
         def delivered():
-            body = api.get(f"{stack.web_url}/api/orders/{order_id}/", timeout=10).json()
-            shipment = body.get("shipment") or {}
-            return body if shipment.get("status") == "delivered" else None
+            order = Order.objects.select_related("shipment").get(pk=order_id)
+            shipped = getattr(order, "shipment", None)
+            return order if shipped and shipped.tracking_status == "delivered" else None
 
         # Completed, then the parcel followed to `delivered` by the sandbox's tracking events.
-        body = wait_for(delivered, timeout=90, interval=0.25, what="the parcel delivered")
-        assert body["status"] == "completed", body
+        order = wait_for(delivered, timeout=90, interval=0.25, what="the parcel delivered")
+        assert order.status == "completed", order.status
         assert [(c["status"], c["refunded"]) for c in gateway_ledger(sandbox_base, order_id)] == [
             ("succeeded", False)
         ]
