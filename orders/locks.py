@@ -58,6 +58,12 @@ class StepBusy(Exception):
     """Another copy of this step holds its lock."""
 
 
+# How many times a task's copies found its step's lock held, by task id (a retry and a
+# redelivered message keep the id). Kept a day: far longer than any step's retries.
+BUSY_KEY = "step-busy:{task_id}"
+BUSY_KEY_SECONDS = 24 * 3600
+
+
 class UniqueStepTask(Task):
     """Base class for the workflow's tasks.
 
@@ -106,6 +112,7 @@ class UniqueStepTask(Task):
             raise self.retry(exc=exc, countdown=random.uniform(1, 3)) from exc
         if not acquired:
             self.on_lock_busy(kwargs)
+            self._count_busy()
             if self.max_retries is not None and self.request.retries >= self.max_retries:
                 logger.warning(
                     "%s: lock %s still held after %s tries; dropping this copy "
@@ -130,7 +137,37 @@ class UniqueStepTask(Task):
         # The attempt is over: free the step before its retry is published, or a retry with a
         # short countdown would find this attempt's lock still held.
         self._release_step_lock()
-        return super().retry(*args, **kwargs)
+        return super().retry(*args, **self.with_retry_budget(kwargs))
+
+    def with_retry_budget(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """retry()'s arguments with the step's limit for a failure: max_retries, plus the
+        tries that only waited for the lock. Celery counts every retry alike, so a copy that
+        waited out a killed worker's lock had used up its retries before its first failure,
+        and a provider's passing hiccup then failed the order."""
+        exc = kwargs.get("exc")
+        if kwargs.get("max_retries") is not None or self.max_retries is None:
+            return kwargs
+        if exc is None or isinstance(exc, StepBusy):
+            return kwargs
+        return {**kwargs, "max_retries": self.max_retries + self._busy_tries()}
+
+    def _busy_key(self) -> str:
+        return BUSY_KEY.format(task_id=self.request.id)
+
+    def _count_busy(self) -> None:
+        try:
+            pipe = redis_client().pipeline(transaction=False)
+            pipe.incr(self._busy_key())
+            pipe.expire(self._busy_key(), BUSY_KEY_SECONDS)
+            pipe.execute()
+        except redis.RedisError:
+            logger.warning("%s: could not count a busy try", self.name, exc_info=True)
+
+    def _busy_tries(self) -> int:
+        try:
+            return int(redis_client().get(self._busy_key()) or 0)
+        except redis.RedisError:  # not known: the failures' limit is max_retries, as before
+            return 0
 
     def _release_step_lock(self) -> None:
         lock = getattr(_held, "lock", None)

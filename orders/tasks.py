@@ -114,6 +114,7 @@ class OrderStepTask(UniqueStepTask):
         # before this attempt's `retrying`, and the timeline would tell it backwards.
         # (If the publish itself fails, the broker being down, the entry stays and the
         # recovery sweep resumes the order: the timeline then shows the resume next.)
+        kwargs = self.with_retry_budget(kwargs)
         exc = kwargs.get("exc")
         max_retries = kwargs.get("max_retries", self.max_retries)  # as Celery decides
         will_retry = max_retries is None or self.request.retries < max_retries

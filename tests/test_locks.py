@@ -32,10 +32,10 @@ def order_id():
     return str(uuid.uuid4())
 
 
-def _run(order_id: str, retries: int = 0):
+def _run(order_id: str, retries: int = 0, task_id: str = ""):
     # As the worker does: a request that did not come from a direct call.
     step.push_request(
-        id=f"task-{uuid.uuid4()}",
+        id=task_id or f"task-{uuid.uuid4()}",
         args=[],
         kwargs={"order_id": order_id},
         retries=retries,
@@ -86,6 +86,43 @@ def test_a_busy_step_out_of_retries_is_dropped_not_run(order_id):
 
     assert ran == []
     held.release()
+
+
+def _fail_transiently(order_id: str, retries: int, task_id: str) -> None:
+    """The step's attempt after `retries` retries meets a provider's passing failure, as
+    autoretry_for hands it to retry()."""
+    step.push_request(
+        id=task_id,
+        args=[],
+        kwargs={"order_id": order_id},
+        retries=retries,
+        is_eager=False,
+        called_directly=False,
+    )
+    try:
+        step.retry(exc=ConnectionError("the provider hiccuped"), countdown=1)
+    finally:
+        step.pop_request()
+
+
+def test_waiting_for_a_held_lock_does_not_use_up_the_retries_for_failures(order_id):
+    """A copy that found the lock held 3 times (a killed worker's lock, waited out) still has
+    its 4 retries for failures: it retries a failure at its 8th try, and gives up at its 9th."""
+    task_id = f"task-{uuid.uuid4()}"
+    held = step_lock(lock_key(step="charge_payment", order_id=uuid.UUID(order_id)))
+    assert held.acquire()
+    for retries in range(3):
+        with pytest.raises(Retry):
+            _run(order_id, retries=retries, task_id=task_id)
+    held.release()
+
+    with pytest.raises(Retry):
+        _fail_transiently(order_id, retries=6, task_id=task_id)  # 4 + 3 waits: one left
+    with pytest.raises(ConnectionError):
+        _fail_transiently(order_id, retries=7, task_id=task_id)  # used up: the failure stands
+    # Another task of the same step, which never waited, has its 4 and no more.
+    with pytest.raises(ConnectionError):
+        _fail_transiently(order_id, retries=4, task_id=f"task-{uuid.uuid4()}")
 
 
 def test_an_expired_lock_is_not_released_by_its_former_holder(order_id, settings):
