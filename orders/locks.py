@@ -112,7 +112,6 @@ class UniqueStepTask(Task):
             raise self.retry(exc=exc, countdown=random.uniform(1, 3)) from exc
         if not acquired:
             self.on_lock_busy(kwargs)
-            self._count_busy()
             if self.max_retries is not None and self.request.retries >= self.max_retries:
                 logger.warning(
                     "%s: lock %s still held after %s tries; dropping this copy "
@@ -124,6 +123,7 @@ class UniqueStepTask(Task):
                 return None
             # Back off exponentially, but never past the lock's expiry: a live holder is
             # usually done in seconds, a dead one's lock frees itself at expiry.
+            self._count_busy()
             remaining = max(redis_client().pttl(lock.name), 0) / 1000
             countdown = min(2**self.request.retries, max(remaining, 1.0))
             raise self.retry(exc=StepBusy(lock.name), countdown=countdown + random.uniform(0, 0.5))
@@ -137,7 +137,13 @@ class UniqueStepTask(Task):
         # The attempt is over: free the step before its retry is published, or a retry with a
         # short countdown would find this attempt's lock still held.
         self._release_step_lock()
-        return super().retry(*args, **self.with_retry_budget(kwargs))
+        try:
+            return super().retry(*args, **self.with_retry_budget(kwargs))
+        finally:
+            # Celery keeps an explicit max_retries on the task object, shared by every task
+            # of this name in the process, and autoretry hands it to the next retry: this
+            # copy's limit would become the next one's.
+            self.__dict__.pop("override_max_retries", None)
 
     def with_retry_budget(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """retry()'s arguments with the step's limit for a failure: max_retries, plus the

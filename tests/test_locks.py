@@ -26,6 +26,18 @@ def step(self, *, order_id: str) -> str:
     return "done"
 
 
+@app.task(
+    bind=True,
+    base=UniqueStepTask,
+    lock_step="create_shipment",
+    max_retries=4,
+    autoretry_for=(ConnectionError,),
+    name="t.flaky",
+)
+def flaky(self, *, order_id: str) -> str:
+    raise ConnectionError("the provider hiccuped")
+
+
 @pytest.fixture
 def order_id():
     ran.clear()
@@ -123,6 +135,40 @@ def test_waiting_for_a_held_lock_does_not_use_up_the_retries_for_failures(order_
     # Another task of the same step, which never waited, has its 4 and no more.
     with pytest.raises(ConnectionError):
         _fail_transiently(order_id, retries=4, task_id=f"task-{uuid.uuid4()}")
+
+
+def _run_flaky(order_id: str, retries: int, task_id: str) -> None:
+    flaky.push_request(
+        id=task_id,
+        args=[],
+        kwargs={"order_id": order_id},
+        retries=retries,
+        is_eager=False,
+        called_directly=False,
+    )
+    try:
+        flaky(order_id=order_id)
+    finally:
+        flaky.pop_request()
+
+
+def test_one_tasks_waits_do_not_lend_retries_to_the_next_task_of_the_step(order_id):
+    """Through autoretry_for, as the workers run the steps: a copy that waited 3 times
+    retries its failure at the 7th retry; the next task of the step, which never waited,
+    gives up at its 5th try as max_retries says (Celery keeps a retry's explicit limit on
+    the task object, shared by every task of the name in the process)."""
+    waited = f"task-{uuid.uuid4()}"
+    held = step_lock(lock_key(step="create_shipment", order_id=uuid.UUID(order_id)))
+    assert held.acquire()
+    for retries in range(3):
+        with pytest.raises(Retry):
+            _run_flaky(order_id, retries=retries, task_id=waited)
+    held.release()
+
+    with pytest.raises(Retry):
+        _run_flaky(order_id, retries=6, task_id=waited)
+    with pytest.raises(ConnectionError):
+        _run_flaky(order_id, retries=4, task_id=f"task-{uuid.uuid4()}")
 
 
 def test_an_expired_lock_is_not_released_by_its_former_holder(order_id, settings):
