@@ -44,9 +44,10 @@ def order_id():
     return str(uuid.uuid4())
 
 
-def _run(order_id: str, retries: int = 0, task_id: str = ""):
-    # As the worker does: a request that did not come from a direct call.
-    step.push_request(
+def _as_worker(task, call, order_id: str, retries: int = 0, task_id: str = ""):
+    """`call()` inside `task`'s request as the worker makes it: not a direct call, with
+    this task id (a retry keeps its task's id) and this many retries behind it."""
+    task.push_request(
         id=task_id or f"task-{uuid.uuid4()}",
         args=[],
         kwargs={"order_id": order_id},
@@ -55,9 +56,13 @@ def _run(order_id: str, retries: int = 0, task_id: str = ""):
         called_directly=False,
     )
     try:
-        return step(order_id=order_id)
+        return call()
     finally:
-        step.pop_request()
+        task.pop_request()
+
+
+def _run(order_id: str, retries: int = 0, task_id: str = ""):
+    return _as_worker(step, lambda: step(order_id=order_id), order_id, retries, task_id)
 
 
 def test_the_lock_key_names_the_step_the_order_and_the_line():
@@ -103,30 +108,25 @@ def test_a_busy_step_out_of_retries_is_dropped_not_run(order_id):
 def _fail_transiently(order_id: str, retries: int, task_id: str) -> None:
     """The step's attempt after `retries` retries meets a provider's passing failure, as
     autoretry_for hands it to retry()."""
-    step.push_request(
-        id=task_id,
-        args=[],
-        kwargs={"order_id": order_id},
-        retries=retries,
-        is_eager=False,
-        called_directly=False,
-    )
-    try:
-        step.retry(exc=ConnectionError("the provider hiccuped"), countdown=1)
-    finally:
-        step.pop_request()
+    exc = ConnectionError("the provider hiccuped")
+    _as_worker(step, lambda: step.retry(exc=exc, countdown=1), order_id, retries, task_id)
+
+
+def _wait_three_times(step_name: str, run, order_id: str, task_id: str) -> None:
+    """Three tries of a task that find its step's lock held (another copy runs it)."""
+    held = step_lock(lock_key(step=step_name, order_id=uuid.UUID(order_id)))
+    assert held.acquire()
+    for retries in range(3):
+        with pytest.raises(Retry):
+            run(order_id, retries=retries, task_id=task_id)
+    held.release()
 
 
 def test_waiting_for_a_held_lock_does_not_use_up_the_retries_for_failures(order_id):
     """A copy that found the lock held 3 times (a killed worker's lock, waited out) still has
     its 4 retries for failures: it retries a failure at its 8th try, and gives up at its 9th."""
     task_id = f"task-{uuid.uuid4()}"
-    held = step_lock(lock_key(step="charge_payment", order_id=uuid.UUID(order_id)))
-    assert held.acquire()
-    for retries in range(3):
-        with pytest.raises(Retry):
-            _run(order_id, retries=retries, task_id=task_id)
-    held.release()
+    _wait_three_times("charge_payment", _run, order_id, task_id)
 
     with pytest.raises(Retry):
         _fail_transiently(order_id, retries=6, task_id=task_id)  # 4 + 3 waits: one left
@@ -138,18 +138,7 @@ def test_waiting_for_a_held_lock_does_not_use_up_the_retries_for_failures(order_
 
 
 def _run_flaky(order_id: str, retries: int, task_id: str) -> None:
-    flaky.push_request(
-        id=task_id,
-        args=[],
-        kwargs={"order_id": order_id},
-        retries=retries,
-        is_eager=False,
-        called_directly=False,
-    )
-    try:
-        flaky(order_id=order_id)
-    finally:
-        flaky.pop_request()
+    _as_worker(flaky, lambda: flaky(order_id=order_id), order_id, retries, task_id)
 
 
 def test_one_tasks_waits_do_not_lend_retries_to_the_next_task_of_the_step(order_id):
@@ -158,12 +147,7 @@ def test_one_tasks_waits_do_not_lend_retries_to_the_next_task_of_the_step(order_
     gives up at its 5th try as max_retries says (Celery keeps a retry's explicit limit on
     the task object, shared by every task of the name in the process)."""
     waited = f"task-{uuid.uuid4()}"
-    held = step_lock(lock_key(step="create_shipment", order_id=uuid.UUID(order_id)))
-    assert held.acquire()
-    for retries in range(3):
-        with pytest.raises(Retry):
-            _run_flaky(order_id, retries=retries, task_id=waited)
-    held.release()
+    _wait_three_times("create_shipment", _run_flaky, order_id, waited)
 
     with pytest.raises(Retry):
         _run_flaky(order_id, retries=6, task_id=waited)
