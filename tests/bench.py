@@ -537,14 +537,19 @@ def _costs(
     webhook_calls = sum("/api/webhooks/" in line for line in lines)
     ticks = os.sysconf("SC_CLK_TCK")
 
+    def stat_ms(stat: str, *, reaped: bool = False) -> float:
+        """A /proc/<pid>/stat line's user and system CPU, in ms; `reaped`: with the ended
+        children the process has waited for."""
+        fields = stat.rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11 : 15 if reaped else 13]) * 1000 / ticks
+
     def cpu_ms(pid: int) -> float:
         total = 0.0
         for p in [pid, *children_of(pid)]:
             try:
-                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                total += stat_ms(Path(f"/proc/{p}/stat").read_text())
             except OSError:
                 continue
-            total += (int(fields[11]) + int(fields[12])) * 1000 / ticks
         return total
 
     def server_cpu_ms(name: str) -> float:
@@ -557,8 +562,7 @@ def _costs(
             except OSError:
                 continue
             if stat[stat.find("(") + 1 : stat.rfind(")")] == name:
-                fields = stat.rsplit(")", 1)[1].split()
-                total += sum(int(f) for f in fields[11:15]) * 1000 / ticks
+                total += stat_ms(stat, reaped=True)
         return total
 
     return {
