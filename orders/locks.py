@@ -121,9 +121,9 @@ class UniqueStepTask(Task):
                     self.request.retries,
                 )
                 return None
+            self._count_busy()
             # Back off exponentially, but never past the lock's expiry: a live holder is
             # usually done in seconds, a dead one's lock frees itself at expiry.
-            self._count_busy()
             remaining = max(redis_client().pttl(lock.name), 0) / 1000
             countdown = min(2**self.request.retries, max(remaining, 1.0))
             raise self.retry(exc=StepBusy(lock.name), countdown=countdown + random.uniform(0, 0.5))
