@@ -214,6 +214,14 @@ def endpoint_deliver(*, endpoint_id: int) -> dict[str, Any]:
         dispatch.webhook_batch_send(endpoint_id)
         return {"delivered": run.delivered, "failed": run.failed}
     dispatch.webhook_queued_clear(endpoint_id)
+    if not endpoint.enabled:
+        # Disabled during this run (a 410, or failing too long). If the shop enabled it
+        # again meanwhile, the enabling found this run's flag set and queued nothing, and
+        # this run still held the rows: asked now, with the rows and the flag let go, an
+        # enabled endpoint is followed up here, and an enabling after this queues its own run.
+        endpoint.enabled = bool(
+            statements.values_list(WebhookEndpoint, ("id",), pk=endpoint_id, enabled=True)
+        )
     if run.failed or not run.drained:
         # Retries to schedule (this run's failures), or rows left when its time was up.
         follow_up(endpoint_id, enabled=endpoint.enabled)

@@ -16,7 +16,7 @@ from django.core import mail
 from django.db import transaction
 from django.utils import timezone
 
-from orders import outbox
+from orders import outbox, webhook_delivery, webhooks
 from orders.models import (
     WEBHOOK_EVENT_TYPES,
     Order,
@@ -308,6 +308,39 @@ def test_410_disables_the_endpoint_tells_the_shop_and_enabling_delivers_the_rest
         "order.shipped",
     ]
     assert receiver.requests[0].webhook_id == receiver.delivered()[0].webhook_id  # same id
+
+
+@pytest.mark.slow
+def test_enabled_again_while_the_run_that_disabled_it_still_holds_the_rest(
+    shop, receiver, monkeypatch
+):
+    """The shop enables the endpoint at once, while the run that met its 410 still holds the
+    other rows and the endpoint's queued flag (so the enabling queues no run of its own):
+    that run, once it lets them go, sees the endpoint enabled and sends the next one. No
+    beat runs here, so without that the rows would wait for its sweep."""
+    client, user = shop
+    endpoint_id, secret = register_in(client, receiver.url)
+    receiver.secrets, receiver.status = [secret], 410
+    disable = webhook_delivery.endpoint_disable
+
+    def disabled_then_enabled_again(endpoint, *, reason):
+        disable(endpoint, reason=reason)
+        receiver.status = 204
+        webhooks.endpoint_update(endpoint=WebhookEndpoint.objects.get(pk=endpoint.pk), enabled=True)
+
+    monkeypatch.setattr(webhook_delivery, "endpoint_disable", disabled_then_enabled_again)
+    order = OrderFactory(user=user)
+
+    emit(order, "order.created", "order.paid", "order.shipped")
+
+    wait_for(lambda: len(receiver.delivered()) == 3, timeout=15, what="the three events")
+    assert [r.type for r in receiver.delivered()] == [
+        "order.created",
+        "order.paid",
+        "order.shipped",
+    ]
+    assert receiver.requests[0].answered == 410 and len(receiver.requests) == 4
+    assert WebhookEndpoint.objects.get(pk=endpoint_id).enabled
 
 
 @pytest.mark.slow
