@@ -322,7 +322,8 @@ def test_backend_ca_file_reaches_every_client():
     found = json.loads(result.stdout.splitlines()[-1])
     ca = "/run/secrets/backend-ca.pem"
 
-    assert found["database"] == {"sslmode": "verify-full", "sslrootcert": ca}
+    tls = {name: found["database"].get(name) for name in ("sslmode", "sslrootcert")}
+    assert tls == {"sslmode": "verify-full", "sslrootcert": ca}
     redis_url = "rediss://redis.invalid:6379/0?ssl_cert_reqs=required&ssl_ca_certs=%2Frun%2Fsecrets%2Fbackend-ca.pem"
     assert found["redis"] == [redis_url] * 3
     assert found["broker_use_ssl"] == {

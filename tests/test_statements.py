@@ -4,6 +4,9 @@ JSON as JSON, decimals, datetimes, auto_now and auto_now_add, the row lock taken
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from decimal import Decimal
 
@@ -168,3 +171,40 @@ def test_the_bearer_token_loads_as_the_orm_loads_it(db):
     assert _fields(mine.user) == _fields(theirs.user)
     assert mine.is_valid(["orders:read"])
     assert OAuth2Validator()._load_access_token("not-a-token") is None
+
+
+_PREPARED = """
+import django
+django.setup()
+from django.db import connection
+for _ in range(6):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM orders_product WHERE sku = %s", ["MUG-001"])
+with connection.cursor() as cursor:
+    cursor.execute("SELECT statement FROM pg_prepared_statements")
+    print([row[0] for row in cursor.fetchall()])
+"""
+
+
+@pytest.mark.parametrize(
+    ("threshold", "prepared"),
+    [
+        (None, ["SELECT id FROM orders_product WHERE sku = $1"]),
+        ("", []),  # off: for a pooler in transaction mode that cannot keep them
+    ],
+)
+def test_a_statement_run_again_on_a_connection_is_prepared_unless_turned_off(
+    db, threshold, prepared
+):
+    """DATABASE_PREPARE_THRESHOLD (5 by default): the sixth run of a statement on a
+    connection finds it prepared in PostgreSQL, its parameter bound there."""
+    name = connection.settings_dict["NAME"]
+    env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}"}
+    env.pop("DATABASE_PREPARE_THRESHOLD", None)
+    if threshold is not None:
+        env["DATABASE_PREPARE_THRESHOLD"] = threshold
+    done = subprocess.run(
+        [sys.executable, "-c", _PREPARED], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == repr(prepared)
