@@ -2,7 +2,9 @@
 cannot is a PermanentError with the provider's code. HTTP through `responses`; SMTP against
 a real SMTP server (aiosmtpd) that answers with chosen codes."""
 
+import asyncio
 import socket
+import time
 from decimal import Decimal
 from urllib.parse import parse_qsl
 
@@ -159,6 +161,13 @@ class _Answers:
 
     def __init__(self, rcpt: str = "250 OK", data: str = "250 Message accepted") -> None:
         self.rcpt, self.data, self.received = rcpt, data, []
+        self.quits: list[float] = []
+        self.quit_delay = 0.0  # seconds before it answers QUIT
+
+    async def handle_QUIT(self, server, session, envelope):  # aiosmtpd hook
+        self.quits.append(time.monotonic())
+        await asyncio.sleep(self.quit_delay)
+        return "221 Bye"
 
     async def handle_RCPT(self, server, session, envelope, address, options):  # aiosmtpd hook
         if self.rcpt.startswith("250"):
@@ -201,6 +210,28 @@ def test_an_accepted_message_arrives_with_its_message_id(smtp):
 
     [content] = server.received
     assert b"Message-ID: <o-1.confirmation@x>" in content
+
+
+def test_a_session_end_that_fails_after_the_server_took_the_message_is_not_a_failure(
+    smtp, settings
+):
+    """The server answers 250 to DATA, then never answers QUIT. Expected: the message counts
+    as sent (a retry would send it twice), and `accepted` was called before the QUIT."""
+    server = smtp()
+    server.quit_delay = 3.0
+    settings.EMAIL_TIMEOUT = 0.5
+    accepted: list[int] = []
+
+    send_email(
+        to="ada@example.com",
+        subject="s",
+        body="b",
+        message_id="<o-1.confirmation@x>",
+        accepted=lambda: accepted.append(len(server.quits)),
+    )
+
+    assert len(server.received) == 1
+    assert accepted == [0]  # before the QUIT reached the server
 
 
 @pytest.mark.parametrize(
