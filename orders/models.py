@@ -336,6 +336,29 @@ class Notification(models.Model):
         return f"{self.kind} email of order {self.order_id}"  # no address: it is personal data
 
 
+class EmailReceipt(models.Model):
+    """The mail server accepted the order's email of this kind. Written the moment it does,
+    on a connection of its own and committed at once (orders/notifications.py), so that it
+    outlives the step's transaction: a worker killed before that commits loses the
+    Notification's record, not this. A mail server keeps no ledger to ask; this is ours."""
+
+    # No constraint in the database: the row is written beside the step's transaction,
+    # which may hold the order's row; Django still deletes it with its order.
+    order = models.ForeignKey(
+        Order, on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
+    kind = models.CharField(max_length=16, choices=NotificationKind.choices)
+    accepted_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["order", "kind"], name="email_receipt_unique_kind")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} email of order {self.order_id} accepted"
+
+
 class Step(models.TextChoices):
     ORDER = "order"  # the order itself: created, cancelled, failed
     RESERVE_STOCK = "reserve_stock"

@@ -5,19 +5,25 @@ The copy lives in templates (orders/templates/orders/email/<kind>_subject.txt an
 and kind records what was sent, so a step that runs again sends nothing twice.
 
 A mail server keeps no ledger we can ask, so the moment between its acceptance and our
-record of it is covered by a receipt in Redis: written as soon as the server accepts, read
-before sending. PostgreSQL going down in that moment (the record fails, the step retries)
-then does not send the email again; only Redis and PostgreSQL failing together could, and
+record of it is covered by receipts, written the moment the server takes the message (its
+250 to DATA, before the session's QUIT) and read before sending: an EmailReceipt row,
+committed at once on this process's own connection, which outlives the step's transaction
+(a worker killed before that commits, a Redis restart after it), and a key in Redis, which
+outlives a PostgreSQL lost in that moment. Only a process killed between the server's 250
+and the receipt's commit, or Redis and PostgreSQL lost together then, sends an email twice;
 the Message-ID, the same for both copies, lets a mail client fold them into one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
+import psycopg
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -26,7 +32,7 @@ from integrations.errors import PermanentError, TransientError
 
 from . import statements
 from .locks import redis_client
-from .models import Notification, Order, Outcome, Shipment, WebhookEndpoint
+from .models import EmailReceipt, Notification, Order, Outcome, Shipment, WebhookEndpoint
 from .state import event_record
 
 logger = logging.getLogger(__name__)
@@ -62,14 +68,67 @@ def receipt_key(*, order: Order, kind: str) -> str:
     return f"notification-sent:{order.id}:{kind}"
 
 
-def _receipt_write(*, order: Order, kind: str) -> None:
+def _receipts_write(*, order: Order, kind: str) -> None:
+    """The server took the message: note it where a rerun looks before sending. Neither
+    write may fail the step (the message is sent; the Notification's record, written next,
+    is what counts)."""
+    durable = _receipt_commit(order=order, kind=kind)
     try:
         ttl = max(RECEIPT_MIN_TTL_SECONDS, 2 * settings.ORDER_EMAIL_DEADLINE_SECONDS)
         redis_client().set(receipt_key(order=order, kind=kind), 1, ex=ttl)
     except redis.RedisError:
-        # The message is sent; our record in PostgreSQL, written next, is what counts.
-        # Without the receipt only a PostgreSQL failure in the next moment sends it twice.
-        logger.warning("no receipt for the %s email of order %s: Redis is down", kind, order.id)
+        if not durable:
+            logger.warning("no receipt for the %s email of order %s", kind, order.id)
+
+
+def _accepted_before(*, order: Order, kind: str) -> bool:
+    """Did a run before this one see the server take this email? Its receipts say."""
+    if statements.values_list(EmailReceipt, ("id",), order_id=order.pk, kind=kind):
+        return True
+    return bool(redis_client().exists(receipt_key(order=order, kind=kind)))
+
+
+# This process's connection for receipts: its own, in autocommit, so that a receipt is
+# committed the moment it is written, whatever becomes of the step's transaction (which
+# holds the Notification row from the check to the record). One per process, made on
+# first use; the lock serializes a thread pool's threads on it.
+_receipts_lock = threading.Lock()
+_receipts_connection: tuple[int, psycopg.Connection] | None = None
+_RECEIPT_SQL = (
+    "INSERT INTO {table} (order_id, kind, accepted_at) VALUES (%s, %s, now()) "
+    "ON CONFLICT (order_id, kind) DO NOTHING"
+)
+
+
+def _receipt_commit(*, order: Order, kind: str) -> bool:
+    """The EmailReceipt, committed at once. False if it could not be written (then the key
+    in Redis is the only receipt), and on SQLite, which takes one writer at a time: a
+    second connection would wait for the step's own transaction."""
+    global _receipts_connection
+    if connection.vendor != "postgresql":
+        return False
+    sql = _RECEIPT_SQL.format(table=connection.ops.quote_name(EmailReceipt._meta.db_table))
+    with _receipts_lock:
+        try:
+            held = _receipts_connection
+            if held is None or held[0] != os.getpid() or held[1].closed:
+                # A forked pool process makes its own: its parent's is not its to use.
+                params = {**connection.get_connection_params(), "autocommit": True}
+                params.setdefault("connect_timeout", 2)
+                held = _receipts_connection = (os.getpid(), psycopg.connect(**params))
+            held[1].execute(sql, [order.pk, kind])
+            return True
+        except psycopg.Error as exc:
+            logger.warning(
+                "no receipt in PostgreSQL for the %s email of order %s: %s",
+                kind,
+                order.id,
+                exc.__class__.__name__,
+            )
+            if _receipts_connection is not None and _receipts_connection[0] == os.getpid():
+                _receipts_connection[1].close()
+            _receipts_connection = None
+            return False
 
 
 @transaction.atomic
@@ -88,7 +147,7 @@ def notification_send(
     notification = _notification_of(order=order, kind=kind)
     if notification.sent_at:
         return False
-    if notification.to and redis_client().exists(receipt_key(order=order, kind=kind)):
+    if notification.to and _accepted_before(order=order, kind=kind):
         late = "accepted by the mail server before; its record was written late"
         detail, reason_code = f"{kind} email sent to the customer ({late})", "email_sent"
     elif notification.to:
@@ -98,8 +157,8 @@ def notification_send(
             subject=subject,
             body=body,
             message_id=message_id(order=order, kind=kind),
+            accepted=lambda: _receipts_write(order=order, kind=kind),
         )
-        _receipt_write(order=order, kind=kind)
         detail, reason_code = f"{kind} email sent to the customer", "email_sent"
     else:
         detail, reason_code = (

@@ -8,14 +8,16 @@ serving the API and the sandbox providers, a prefork worker, beat, a real SMTP s
 - A mail server that never comes back: past ORDER_EMAIL_DEADLINE_SECONDS the order completes
   without the email, noted in the timeline and reported as an error.
 - PostgreSQL lost the moment the mail server accepts the email: the email is not sent again.
+- A worker killed after the mail server took the email, and Redis restarted: not sent again.
 """
 
 import threading
 import time
 
+import psycopg
 import pytest
 
-from orders.models import Order, Shipment
+from orders.models import EmailReceipt, Order, Shipment
 from tests.factories import ProductFactory, order_payload
 from tests.helpers import (
     carrier_ledger,
@@ -165,3 +167,43 @@ def test_postgresql_lost_as_the_mail_server_accepts_sends_the_email_once(
     assert stack.smtp.subjects() == [f"Your order {order.id} is confirmed"]
     [sent] = order.events.filter(reason_code="email_sent")
     assert "accepted by the mail server before" in sent.detail  # the retry found the receipt
+
+
+def test_a_worker_killed_after_the_mail_server_took_the_email_and_redis_lost_sends_it_once(
+    stack_factory,
+):
+    """The worker is killed after the mail server took the confirmation and before the
+    step's record of it commits (the test holds the timeline's table from the moment the
+    server accepts, so the record waits), then Redis restarts, taking the step's lock and
+    its key with it. Expected: the receipt the worker committed on its own connection is
+    found by the rerun (the recovery sweep's), which sends nothing again; the order
+    completes with exactly one confirmation email."""
+    ProductFactory(sku="MUG-001", price="12.50", stock=10)
+    stack = stack_factory(env=FAST, workers=1, beat=True)
+    holder = psycopg.connect(f"postgres://postgres@127.0.0.1:5432/{stack.db_name}")
+    held = threading.Event()
+
+    def hold_the_timeline(message) -> None:
+        if not held.is_set():
+            # Inserts into the timeline wait until this transaction ends.
+            holder.execute("LOCK TABLE orders_orderevent IN SHARE ROW EXCLUSIVE MODE")
+            held.set()
+
+    stack.smtp.on_accept = hold_the_timeline
+    try:
+        order_id = place_as_new_customer(stack.web_url, order_payload(("MUG-001", 1)))
+        wait_for(held.is_set, timeout=60, what="the mail server to take the email")
+        receipts = EmailReceipt.objects.filter(order_id=order_id, kind="confirmation")
+        wait_for(receipts.exists, timeout=10, what="the worker's receipt")
+        stack.kill_worker(stack.workers[0])
+    finally:
+        holder.rollback()
+        holder.close()
+    stack.redis.restart()
+    stack.start_worker()
+    [order] = wait_for_orders([order_id], timeout=90)
+
+    assert order.status == "completed", reason_codes(order)
+    assert stack.smtp.subjects() == [f"Your order {order.id} is confirmed"]
+    [sent] = order.events.filter(reason_code="email_sent")
+    assert "accepted by the mail server before" in sent.detail  # the rerun found the receipt

@@ -7,11 +7,13 @@ from decimal import Decimal
 
 import pytest
 from django.core import mail
+from django.db import transaction
 
 from integrations.errors import TransientError
 from orders import services, steps, workflow
 from orders.models import (
     LineReservation,
+    Notification,
     Order,
     OrderStatus,
     Payment,
@@ -472,9 +474,10 @@ def test_two_runs_that_meet_send_the_email_once(transactional_db, monkeypatch):
     order = OrderFactory(status=OrderStatus.FAILED)
     sent: list[str] = []
 
-    def slow_send(*, to: str, subject: str, body: str, message_id: str) -> None:
+    def slow_send(*, to: str, subject: str, body: str, message_id: str, accepted) -> None:
         time.sleep(0.5)  # the mail server takes its time: both runs are inside the send
         sent.append(message_id)
+        accepted()
 
     monkeypatch.setattr(notifications, "send_email", slow_send)
     results: list[bool] = []
@@ -500,3 +503,48 @@ def test_two_runs_that_meet_send_the_email_once(transactional_db, monkeypatch):
 
     assert sent == [notifications.message_id(order=order, kind="failure")]
     assert sorted(results) == [False, True]
+
+
+def test_a_run_killed_after_the_server_took_the_email_leaves_a_receipt_the_rerun_finds(
+    transactional_db, monkeypatch
+):
+    """The server takes the email, then the run's transaction never commits (its worker is
+    killed: here it rolls back), and Redis loses its key (a restart: it keeps nothing on
+    disk). Expected: the receipt in PostgreSQL was committed on its own connection, and the
+    rerun sends nothing again and records the email as sent."""
+    from orders import notifications
+    from orders.locks import redis_client
+    from orders.models import EmailReceipt, NotificationKind
+
+    order = OrderFactory(status=OrderStatus.FAILED)
+    sent: list[str] = []
+
+    def send(*, to: str, subject: str, body: str, message_id: str, accepted) -> None:
+        sent.append(message_id)
+        accepted()
+
+    monkeypatch.setattr(notifications, "send_email", send)
+
+    class Killed(Exception):
+        pass
+
+    with pytest.raises(Killed), transaction.atomic():
+        notifications.notification_send(
+            order=order, kind=NotificationKind.FAILURE, step="compensate", attempt=1
+        )
+        raise Killed
+    redis_client().delete(notifications.receipt_key(order=order, kind="failure"))
+    assert not Notification.objects.filter(order=order).exists()  # the record rolled back
+    assert EmailReceipt.objects.filter(order=order, kind="failure").count() == 1
+
+    again = notifications.notification_send(
+        order=Order.objects.get(pk=order.pk),
+        kind=NotificationKind.FAILURE,
+        step="compensate",
+        attempt=2,
+    )
+
+    assert again is True and len(sent) == 1
+    assert Notification.objects.get(order=order, kind="failure").sent_at is not None
+    [entry] = order.events.filter(reason_code="email_sent")
+    assert "accepted by the mail server before" in entry.detail
