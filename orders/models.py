@@ -344,8 +344,8 @@ class EmailReceipt(models.Model):
 
     # No constraint in the database: the row is written beside the step's transaction,
     # which may hold the order's row; Django still deletes it with its order.
-    order = models.ForeignKey(
-        Order, on_delete=models.CASCADE, related_name="+", db_constraint=False
+    order = models.ForeignKey(  # the unique constraint's index serves its look-ups
+        Order, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
     )
     kind = models.CharField(max_length=16, choices=NotificationKind.choices)
     accepted_at = models.DateTimeField()

@@ -22,6 +22,7 @@ import threading
 
 import psycopg
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
 from django.template.loader import render_to_string
@@ -104,31 +105,52 @@ def _receipt_commit(*, order: Order, kind: str) -> bool:
     """The EmailReceipt, committed at once. False if it could not be written (then the key
     in Redis is the only receipt), and on SQLite, which takes one writer at a time: a
     second connection would wait for the step's own transaction."""
-    global _receipts_connection
     if connection.vendor != "postgresql":
         return False
     sql = _RECEIPT_SQL.format(table=connection.ops.quote_name(EmailReceipt._meta.db_table))
     with _receipts_lock:
-        try:
-            held = _receipts_connection
-            if held is None or held[0] != os.getpid() or held[1].closed:
-                # A forked pool process makes its own: its parent's is not its to use.
-                params = {**connection.get_connection_params(), "autocommit": True}
-                params.setdefault("connect_timeout", 2)
-                held = _receipts_connection = (os.getpid(), psycopg.connect(**params))
-            held[1].execute(sql, [order.pk, kind])
-            return True
-        except psycopg.Error as exc:
-            logger.warning(
-                "no receipt in PostgreSQL for the %s email of order %s: %s",
-                kind,
-                order.id,
-                exc.__class__.__name__,
-            )
-            if _receipts_connection is not None and _receipts_connection[0] == os.getpid():
-                _receipts_connection[1].close()
-            _receipts_connection = None
-            return False
+        for fresh in (False, True):
+            try:
+                _receipts_connect(fresh=fresh).execute(sql, [order.pk, kind])
+                return True
+            except psycopg.OperationalError:
+                # A connection that died while idle (a restart, a failover, a timeout of
+                # the server's): one more try on a new one. The insert may be repeated.
+                _receipts_close()
+            except (psycopg.Error, SoftTimeLimitExceeded) as exc:
+                # Interrupted mid-statement, or refused: the connection is not to be reused.
+                _receipts_close()
+                logger.warning(
+                    "no receipt in PostgreSQL for the %s email of order %s: %s",
+                    kind,
+                    order.id,
+                    exc.__class__.__name__,
+                )
+                return False
+    logger.warning("no receipt in PostgreSQL for the %s email of order %s", kind, order.id)
+    return False
+
+
+def _receipts_connect(*, fresh: bool) -> psycopg.Connection:
+    global _receipts_connection
+    held = _receipts_connection
+    if fresh or held is None or held[0] != os.getpid() or held[1].closed:
+        # A forked pool process makes its own: its parent's is not its to use.
+        params = {**connection.get_connection_params(), "autocommit": True}
+        # Never wait long: the mail server has taken the message, and the step's record
+        # (and the Redis key) should follow at once. Keepalives notice a silent peer.
+        params.setdefault("connect_timeout", 2)
+        params.update(keepalives=1, keepalives_idle=30, tcp_user_timeout=5000)
+        params["options"] = f"{params.get('options', '')} -c statement_timeout=2000".strip()
+        held = _receipts_connection = (os.getpid(), psycopg.connect(**params))
+    return held[1]
+
+
+def _receipts_close() -> None:
+    global _receipts_connection
+    if _receipts_connection is not None and _receipts_connection[0] == os.getpid():
+        _receipts_connection[1].close()
+    _receipts_connection = None
 
 
 @transaction.atomic

@@ -548,3 +548,31 @@ def test_a_run_killed_after_the_server_took_the_email_leaves_a_receipt_the_rerun
     assert Notification.objects.get(order=order, kind="failure").sent_at is not None
     [entry] = order.events.filter(reason_code="email_sent")
     assert "accepted by the mail server before" in entry.detail
+
+
+def test_a_receipt_connection_the_server_ended_while_idle_is_replaced(
+    transactional_db, monkeypatch
+):
+    """PostgreSQL ends the process's receipts connection while it is idle (a restart, a
+    failover, an idle timeout: here pg_terminate_backend). Expected: the next email's
+    receipt is written on a new connection, not skipped."""
+    from django.db import connection
+
+    from orders import notifications
+    from orders.models import EmailReceipt, NotificationKind
+
+    monkeypatch.setattr(notifications, "send_email", lambda *, accepted, **message: accepted())
+    first, second = OrderFactory(status=OrderStatus.FAILED), OrderFactory(status=OrderStatus.FAILED)
+    notifications.notification_send(
+        order=first, kind=NotificationKind.FAILURE, step="compensate", attempt=1
+    )
+    ended = notifications._receipts_connection[1].info.backend_pid
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [ended])
+
+    notifications.notification_send(
+        order=second, kind=NotificationKind.FAILURE, step="compensate", attempt=1
+    )
+
+    assert EmailReceipt.objects.filter(order__in=[first, second]).count() == 2
+    assert notifications._receipts_connection[1].info.backend_pid != ended
