@@ -24,9 +24,9 @@ def send_email(
     so a message sent twice after a crash is recognisable as the same one.
 
     `accepted` is called the moment the server has taken the message (its 250 to DATA),
-    before the session's QUIT: the caller's record of the sending then does not wait on a
-    round trip that no longer matters, and a QUIT that fails does not fail a message the
-    server already took (a retry would send it twice)."""
+    before the session's QUIT: the caller's receipt then does not wait for a round trip
+    that no longer matters (a worker killed during it had sent the message with no
+    receipt)."""
     connection = get_connection(fail_silently=False)
     message = EmailMessage(
         subject=subject,
