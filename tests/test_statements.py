@@ -189,15 +189,14 @@ with connection.cursor() as cursor:
 @pytest.mark.parametrize(
     ("threshold", "prepared"),
     [
-        (None, ["SELECT id FROM orders_product WHERE sku = $1"]),
-        ("", []),  # off: for a pooler in transaction mode that cannot keep them
+        ("5", ["SELECT id FROM orders_product WHERE sku = $1"]),
+        (None, []),  # off unless set, as in Django
+        ("", []),
     ],
 )
-def test_a_statement_run_again_on_a_connection_is_prepared_unless_turned_off(
-    db, threshold, prepared
-):
-    """DATABASE_PREPARE_THRESHOLD (5 by default): the sixth run of a statement on a
-    connection finds it prepared in PostgreSQL, its parameter bound there."""
+def test_a_statement_run_again_on_a_connection_is_prepared_when_turned_on(db, threshold, prepared):
+    """DATABASE_PREPARE_THRESHOLD=5: the sixth run of a statement on a connection finds it
+    prepared in PostgreSQL, its parameter bound there; unset or empty, nothing is."""
     name = connection.settings_dict["NAME"]
     env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}"}
     env.pop("DATABASE_PREPARE_THRESHOLD", None)

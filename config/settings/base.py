@@ -106,17 +106,18 @@ def database_from_env(default: str | None = None) -> dict:
         # before every task.
         database["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
         database["CONN_HEALTH_CHECKS"] = True
-        # Parameters bound by the server, not quoted into the SQL here, and a statement run
-        # DATABASE_PREPARE_THRESHOLD times on a connection prepared there (psycopg), so that
-        # PostgreSQL neither parses nor plans it again: an order's hundred-odd statements are
-        # the same few dozen each time. `make bench`: PostgreSQL's CPU per order down by a
-        # third, the worker's by an eighth (bench/README.md, sixth count). Empty turns
-        # preparing off, for a pooler in transaction mode that cannot keep prepared
-        # statements (PgBouncer before 1.21, or without max_prepared_statements).
-        threshold = env("DATABASE_PREPARE_THRESHOLD", default="5")
-        database.setdefault("OPTIONS", {}).update(
-            server_side_binding=True, prepare_threshold=int(threshold) if threshold else None
-        )
+        # DATABASE_PREPARE_THRESHOLD (off unless set): parameters bound by the server, not
+        # quoted into the SQL here, and a statement run that many times on a connection
+        # prepared there (psycopg), so that PostgreSQL neither parses nor plans it again.
+        # `make bench` (bench/README.md, sixth count): PostgreSQL's CPU per order down by a
+        # fifth, orders/s up 6 %. Off by default, as in Django: a pooler in transaction mode
+        # may not keep prepared statements, and a migration that changes a column's type
+        # makes PostgreSQL refuse the running code's prepared statements (`cached plan must
+        # not change result type`, not retried) until its connections are replaced.
+        if threshold := env("DATABASE_PREPARE_THRESHOLD", default=""):
+            database.setdefault("OPTIONS", {}).update(
+                server_side_binding=True, prepare_threshold=int(threshold)
+            )
     return database
 
 
