@@ -109,13 +109,14 @@ def _receipt_commit(*, order: Order, kind: str) -> bool:
         return False
     sql = _RECEIPT_SQL.format(table=connection.ops.quote_name(EmailReceipt._meta.db_table))
     with _receipts_lock:
-        for fresh in (False, True):
+        for _ in range(2):
             try:
-                _receipts_connect(fresh=fresh).execute(sql, [order.pk, kind])
+                _receipts_connect().execute(sql, [order.pk, kind])
                 return True
             except psycopg.OperationalError:
                 # A connection that died while idle (a restart, a failover, a timeout of
-                # the server's): one more try on a new one. The insert may be repeated.
+                # the server's): one more try, on a new one (closing it dropped it). The
+                # insert may be repeated.
                 _receipts_close()
             except (psycopg.Error, SoftTimeLimitExceeded) as exc:
                 # Interrupted mid-statement, or refused: the connection is not to be reused.
@@ -131,10 +132,10 @@ def _receipt_commit(*, order: Order, kind: str) -> bool:
     return False
 
 
-def _receipts_connect(*, fresh: bool) -> psycopg.Connection:
+def _receipts_connect() -> psycopg.Connection:
     global _receipts_connection
     held = _receipts_connection
-    if fresh or held is None or held[0] != os.getpid() or held[1].closed:
+    if held is None or held[0] != os.getpid() or held[1].closed:
         # A forked pool process makes its own: its parent's is not its to use.
         params = {**connection.get_connection_params(), "autocommit": True}
         # Never wait long: the mail server has taken the message, and the step's record
