@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from integrations.payments import to_minor_units
 
-from . import crypto, dispatch, outbox
+from . import crypto, dispatch, outbox, statements
 from .errors import ApplicationError, Conflict
 from .models import (
     CANCELLABLE_STATUSES,
@@ -81,7 +81,7 @@ def order_create(
     # transaction as well; a savepoint would cost two round trips per order.
     email = getattr(user, "email", "") or ""
     with transaction.atomic(savepoint=False):
-        order = Order.objects.create(
+        order = Order(
             user=user,
             email=email,
             email_hash=crypto.blind_index(email),
@@ -96,8 +96,11 @@ def order_create(
             ship_country=shipping_address["country"],
             request_id=structlog.contextvars.get_contextvars().get("request_id", ""),
         )
+        # Written by SQL built once (orders/statements.py): the ORM compiled these two
+        # INSERTs anew for every POST, a tenth of the web server's CPU per order.
+        statements.insert(order)
         structlog.contextvars.bind_contextvars(order_id=str(order.id))
-        created_lines = OrderLine.objects.bulk_create(
+        created_lines = [
             OrderLine(
                 order=order,
                 product=line["product"],
@@ -106,7 +109,8 @@ def order_create(
                 unit_price=line["product"].price,
             )
             for line in lines
-        )
+        ]
+        statements.insert_many(created_lines, returning=True)
         created = event_record(
             order=order,
             step=Step.ORDER,

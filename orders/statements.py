@@ -191,12 +191,61 @@ def update(instance: Model, fields: Sequence[str]) -> None:
 
 
 @cache
-def _insert_sql(
-    model: type[Model], conflict: tuple[str, ...], rows: int = 1, *, returning: bool = True
+def _update_where_sql(
+    model: type[Model], names: tuple[str, ...], where: tuple[str, ...]
 ) -> tuple[str, list[Field]]:
+    quote = connection.ops.quote_name
+    fields = [_field(model, name) for name in names]
+    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    sql = f"UPDATE {quote(model._meta.db_table)} SET {assignments}"
+    return f"{sql} WHERE {_conditions(model, where)}", fields
+
+
+def update_where(model: type[Model], values: dict[str, Any], **where: Any) -> int:
+    """`model.objects.filter(**where).update(**values)` with plain values, for equality
+    conditions: each value prepared by its field (no auto_now, as update() leaves it).
+    Returns how many rows it changed."""
+    sql, fields = _update_where_sql(model, tuple(values), tuple(where))
+    prepared = [
+        f.get_db_prep_save(v, connection) for f, v in zip(fields, values.values(), strict=True)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*prepared, *_params(model, where)])
+        return cursor.rowcount
+
+
+@cache
+def _take_sql(model: type[Model], name: str, where: tuple[str, ...]) -> str:
+    quote = connection.ops.quote_name
+    column = quote(_field(model, name).column)
+    sql = f"UPDATE {quote(model._meta.db_table)} SET {column} = {column} - %s"
+    return f"{sql} WHERE {_conditions(model, where)} AND {column} >= %s"
+
+
+def take(model: type[Model], name: str, amount: int, **where: Any) -> bool:
+    """`filter(**where, **{f"{name}__gte": amount}).update(**{name: F(name) - amount})`: the
+    check and the decrement in one statement, so that two racing callers cannot both take
+    the last units. True if the row had enough and now has `amount` less."""
+    params = [amount, *_params(model, where), amount]
+    with connection.cursor() as cursor:
+        cursor.execute(_take_sql(model, name, tuple(where)), params)
+        return cursor.rowcount > 0
+
+
+@cache
+def _insert_sql(
+    model: type[Model],
+    conflict: tuple[str, ...],
+    rows: int = 1,
+    *,
+    returning: bool = True,
+    with_pk: bool = False,
+) -> tuple[str, list[Field]]:
+    """`with_pk`: the caller made the primary key (a UUID, a provider's id) and it is sent;
+    otherwise the database assigns it."""
     meta = model._meta
     quote = connection.ops.quote_name
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    fields = [f for f in meta.concrete_fields if with_pk or not f.primary_key]
     names = ", ".join(quote(f.column) for f in fields)
     row = f"({', '.join(['%s'] * len(fields))})"
     sql = f"INSERT INTO {quote(meta.db_table)} ({names}) VALUES {', '.join([row] * rows)}"
@@ -209,20 +258,28 @@ def _insert_sql(
 
 
 def insert(record: Model) -> None:
-    """`record.save()` for a new row whose primary key the database assigns: auto_now_add
-    and the like filled in as save() would, the pk set."""
+    """`record.save()` (or `objects.create`) for a new row: auto_now_add and the like filled
+    in as save() would; a primary key the record already has (a UUID default, an id the
+    caller made) is sent, otherwise the database's is set on the record."""
     _insert(record, conflict=())
 
 
-def insert_many(records: Sequence[Model]) -> None:
-    """`bulk_create(records)` in one statement, for rows whose primary keys the caller
-    does not need (they are not set)."""
+def insert_many(records: Sequence[Model], *, returning: bool = False) -> None:
+    """`bulk_create(records)` in one statement, for rows whose primary keys the database
+    assigns; `returning`: each record's pk is set, as bulk_create sets them on PostgreSQL
+    (the rows come back in the order they were given)."""
     if not records:
         return
-    sql, fields = _insert_sql(type(records[0]), (), len(records), returning=False)
+    sql, fields = _insert_sql(type(records[0]), (), len(records), returning=returning)
     values = [value for record in records for value in _prepared(record, fields, add=True)]
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
+        if not returning:
+            return
+        for record, (pk,) in zip(records, cursor.fetchall(), strict=True):
+            record.pk = pk
+            record._state.adding = False
+            record._state.db = connection.alias
 
 
 def insert_once(record: Model, *, conflict: Sequence[str]) -> bool:
@@ -236,7 +293,7 @@ def insert_once(record: Model, *, conflict: Sequence[str]) -> bool:
 
 
 def _insert(record: Model, *, conflict: tuple[str, ...]) -> bool:
-    sql, fields = _insert_sql(type(record), conflict)
+    sql, fields = _insert_sql(type(record), conflict, with_pk=record.pk is not None)
     values = _prepared(record, fields, add=True)
     with connection.cursor() as cursor:
         cursor.execute(sql, values)

@@ -11,7 +11,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from integrations.errors import PermanentError, ProviderError, TransientError
@@ -75,10 +74,7 @@ def reserve_line(*, order_id: OrderId, line_id: int, attempt: int) -> str:
                 "already_done",
             )
             return line.reservation
-        taken = Product.objects.filter(pk=line.product_id, stock__gte=line.quantity).update(
-            stock=F("stock") - line.quantity
-        )
-        if not taken:
+        if not statements.take(Product, "stock", line.quantity, pk=line.product_id):
             line.reservation = LineReservation.OUT_OF_STOCK
             statements.update(line, ["reservation"])
             # In the same transaction as the line's state, so that no crash can leave an
@@ -427,9 +423,8 @@ def create_shipment(*, order_id: OrderId, attempt: int) -> None:
                 parcel_grams=_parcel_grams(order),
             )
         if row.carrier_reference != found.shipment_id:
-            Shipment.objects.filter(pk=row.pk).update(
-                carrier_reference=found.shipment_id, label_status=LabelStatus.CREATED
-            )
+            values = {"carrier_reference": found.shipment_id, "label_status": LabelStatus.CREATED}
+            statements.update_where(Shipment, values, pk=row.pk)
         if not found.purchased:
             found = _buy(carrier, found)
     except PermanentError as exc:
@@ -507,7 +502,7 @@ def _shipment_record(
         # One UPDATE: the row was written before the create, and the order's row lock, held
         # here, orders this against any other writer of it (update_or_create took a
         # savepoint, a locking read and the update).
-        if not Shipment.objects.filter(order=order).update(**label):
+        if not statements.update_where(Shipment, label, order_id=order.pk):
             # The row is written before every create, so only a row deleted since lands here.
             Shipment.objects.create(order=order, **label)
         order_transition(

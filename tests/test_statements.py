@@ -91,6 +91,61 @@ def test_an_insert_writes_what_create_writes(db):
     assert mine_read.at == mine.at and mine_read.detail == "declined: insufficient_funds"
 
 
+def test_an_insert_of_a_record_that_made_its_own_key_writes_what_create_writes(db):
+    user = UserFactory()
+    fields = {"user": user, "email": "ada@example.com", "currency": "EUR", "total": "12.50"}
+    fields |= {"ship_name": "Ada", "ship_line1": "1 Analytical St", "ship_city": "London"}
+    mine = Order(**fields, ship_postal_code="N1", ship_country="GB", payment_token="pm_x")
+    chosen = mine.pk
+    statements.insert(mine)
+    theirs = Order.objects.create(
+        **fields, ship_postal_code="N1", ship_country="GB", payment_token="pm_x"
+    )
+    assert mine.pk == chosen  # the UUID it was made with, not one the database assigned
+    ignore = {"id", "created_at", "updated_at"}
+    mine_read, theirs_read = Order.objects.get(pk=chosen), Order.objects.get(pk=theirs.pk)
+    assert {k: v for k, v in _fields(mine_read).items() if k not in ignore} == {
+        k: v for k, v in _fields(theirs_read).items() if k not in ignore
+    }
+    assert mine_read.created_at == mine.created_at and mine_read.ship_name == "Ada"
+    with connection.cursor() as cursor:  # encrypted at rest, as create() stores it
+        cursor.execute("SELECT ship_line1 FROM orders_order WHERE id = %s", [chosen])
+        assert "Analytical" not in cursor.fetchone()[0]
+
+
+def test_many_inserted_rows_get_their_keys_in_the_order_given(db):
+    order = OrderFactory()
+    events = [
+        OrderEvent(order=order, step="order", outcome="created", detail=f"{n}") for n in "abcde"
+    ]
+    statements.insert_many(events, returning=True)
+    keys = [e.pk for e in events]
+    assert None not in keys and keys == sorted(keys) and len(set(keys)) == 5
+    stored = dict(OrderEvent.objects.filter(order=order).values_list("pk", "detail"))
+    assert {e.pk: e.detail for e in events}.items() <= stored.items()
+
+
+def test_an_update_where_changes_the_matching_rows_and_says_how_many(db):
+    mine, other = OrderFactory(), OrderFactory()
+    values = {"status": "failed", "failure_reason": "the carrier rejected the address"}
+    assert statements.update_where(Order, values, pk=mine.pk) == 1
+    assert statements.update_where(Order, values, pk="00000000-0000-0000-0000-000000000000") == 0
+    stored = Order.objects.get(pk=mine.pk)
+    assert (stored.status, stored.failure_reason) == ("failed", values["failure_reason"])
+    assert Order.objects.get(pk=other.pk).status == other.status
+    with connection.cursor() as cursor:  # encrypted at rest, as update() stores it
+        cursor.execute("SELECT failure_reason FROM orders_order WHERE id = %s", [mine.pk])
+        assert "carrier" not in cursor.fetchone()[0]
+
+
+def test_take_decrements_only_while_enough_is_left(db):
+    product = ProductFactory(stock=5)
+    assert statements.take(Product, "stock", 3, pk=product.pk)
+    assert not statements.take(Product, "stock", 3, pk=product.pk)  # 2 left: refused whole
+    assert statements.take(Product, "stock", 2, pk=product.pk)
+    assert Product.objects.get(pk=product.pk).stock == 0
+
+
 def test_a_loaded_orders_personal_data_is_decrypted_only_when_read(db, monkeypatch):
     order = OrderFactory(email="ada@example.com", ship_name="Ada Lovelace")
     with connection.cursor() as cursor:
