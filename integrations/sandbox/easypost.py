@@ -40,7 +40,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import requests
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Q, QuerySet
@@ -51,6 +50,7 @@ from django.views.decorators.csrf import csrf_exempt
 from orders import statements
 
 from .models import SandboxEasyPostEvent, SandboxEasyPostShipment, SandboxEasyPostTracker, hex_id
+from .sender import Sender
 
 logger = logging.getLogger(__name__)
 
@@ -523,7 +523,7 @@ def _step_seconds() -> float:
     return float(getattr(settings, "EASYPOST_SANDBOX_TRACKING_STEP_SECONDS", 5.0))
 
 
-def _step(tracker_id: str, _session: requests.Session) -> None:
+def _step(tracker_id: str, _sender: Sender) -> None:
     """The tracker's next status, and its event. A tracker that is gone (a test flushed the
     tables) or at its end stops quietly."""
     with transaction.atomic():
@@ -566,13 +566,13 @@ def _emit(changed: SandboxEasyPostTracker, previous: str) -> None:
 
 
 # --- The courier: tracker steps and webhook deliveries ---------------------------------------
-Task = Callable[[requests.Session], None]
+Task = Callable[[Sender], None]
 
 
 class _Courier:
     """What the sandbox's EasyPost does on its own time, in one thread per process: trackers'
     steps and the delivery of their events, at least once (a failed delivery is tried again
-    after a doubling wait). One thread and one keep-alive session, as the Stripe sandbox's
+    after a doubling wait). One thread and one keep-alive connection, as the Stripe sandbox's
     outbox: a thread and a connection per event cost the web server more than the event."""
 
     def __init__(self) -> None:
@@ -594,10 +594,7 @@ class _Courier:
             self._wake.notify()
 
     def _run(self) -> None:
-        session = requests.Session()
-        # The app's endpoint, as given: no proxy from the environment, which requests would
-        # otherwise look up again for every event (a twentieth of the sandbox's CPU).
-        session.trust_env = False
+        sender = Sender()
         while True:
             with self._wake:
                 while not self._due or self._due[0][0] > time.monotonic():
@@ -605,12 +602,13 @@ class _Courier:
                         # Idle: no connection held while nothing is due (a test may drop the
                         # database), but kept between tasks.
                         connection.close()
+                        sender.close()
                         self._wake.wait()
                     elif self._due:
                         self._wake.wait(timeout=max(self._due[0][0] - time.monotonic(), 0))
                 _, _, task = heapq.heappop(self._due)
             try:
-                task(session)
+                task(sender)
             except Exception:  # a sandbox thread: log and go on, never stop
                 logger.exception("sandbox easypost: %s failed", task)
                 connection.close()
@@ -619,17 +617,15 @@ class _Courier:
 _courier = _Courier()
 
 
-def _deliver(
-    event_id: str, url: str, payload: bytes, attempt: int, session: requests.Session
-) -> None:
+def _deliver(event_id: str, url: str, payload: bytes, attempt: int, sender: Sender) -> None:
     if attempt:  # the endpoint may have moved since (a test moves it)
         moved = SandboxEasyPostEvent.objects.filter(pk=event_id).values_list("url", flat=True)
         if not moved:  # gone (a test flushed the tables)
             return
         url = moved[0]
-    if _post(session, url, payload):
+    if _post(sender, url, payload):
         if random.random() < getattr(settings, "EASYPOST_SANDBOX_WEBHOOK_DUPLICATE_RATE", 0.0):
-            _post(session, url, payload)  # at least once: now and then twice
+            _post(sender, url, payload)  # at least once: now and then twice
         if attempt:  # a first delivery that worked costs no write; a retried one is noted
             SandboxEasyPostEvent.objects.filter(pk=event_id).update(
                 attempts=attempt + 1, delivered_at=timezone.now()
@@ -644,17 +640,13 @@ def _deliver(
     _courier.at(min(0.5 * 2**attempt, longest), again)
 
 
-def _post(session: requests.Session, url: str, payload: bytes) -> bool:
+def _post(sender: Sender, url: str, payload: bytes) -> bool:
     headers = {
         "Content-Type": "application/json",
         "X-Hmac-Signature": sign(payload, getattr(settings, "EASYPOST_WEBHOOK_SECRET", "")),
         "User-Agent": "EasyPost WebHook Agent 1.0",
     }
-    try:
-        response = session.post(url, data=payload, headers=headers, timeout=10)
-    except requests.RequestException:
-        return False
-    return 200 <= response.status_code < 300
+    return sender.post(url, payload, headers)
 
 
 # --- What is not the API: the label and the public tracking page ---------------------------

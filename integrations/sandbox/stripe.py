@@ -40,7 +40,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import requests
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
@@ -58,6 +57,7 @@ from .models import (
     SandboxStripeEvent,
     SandboxStripeRefund,
 )
+from .sender import Sender
 
 logger = logging.getLogger(__name__)
 
@@ -296,8 +296,8 @@ class _Outbox:
     """The sandbox's delivery of events: one thread per process, at least once, as Stripe
     delivers them: a failed delivery is tried again after a doubling wait (at most
     STRIPE_SANDBOX_WEBHOOK_ATTEMPTS times), and a delivered one is now and then sent twice.
-    One thread and one keep-alive session: a thread and a connection per event cost the web
-    server more than the webhook itself (measured with `make bench`)."""
+    One thread and one keep-alive connection (sender.py): a thread and a connection per
+    event cost the web server more than the webhook itself (measured with `make bench`)."""
 
     def __init__(self) -> None:
         self._due: list[tuple[float, int, str, str, bytes, int]] = []
@@ -325,10 +325,7 @@ class _Outbox:
             self._wake.notify()
 
     def _run(self) -> None:
-        session = requests.Session()
-        # The app's endpoint, as given: no proxy from the environment, which requests would
-        # otherwise look up again for every event (a twentieth of the sandbox's CPU).
-        session.trust_env = False
+        sender = Sender()
         while True:
             with self._wake:
                 while not self._due or self._due[0][0] > time.monotonic():
@@ -337,27 +334,28 @@ class _Outbox:
                         # test may drop the database), but kept between events (a new
                         # connection per event cost more than the event, measured).
                         connection.close()
+                        sender.close()
                         self._wake.wait()
                     elif self._due:
                         self._wake.wait(timeout=max(self._due[0][0] - time.monotonic(), 0))
                 _, _, event_id, url, payload, attempt = heapq.heappop(self._due)
             try:
-                self._deliver(session, event_id, url, payload, attempt)
+                self._deliver(sender, event_id, url, payload, attempt)
             except Exception:  # a sandbox thread: log and go on, never stop delivering
                 logger.exception("sandbox stripe: delivering %s failed", event_id)
                 connection.close()
 
     def _deliver(
-        self, session: requests.Session, event_id: str, url: str, payload: bytes, attempt: int
+        self, sender: Sender, event_id: str, url: str, payload: bytes, attempt: int
     ) -> None:
         if attempt:  # the endpoint may have moved since (a test moves it)
             moved = SandboxStripeEvent.objects.filter(pk=event_id).values_list("url", flat=True)
             if not moved:  # gone (a test flushed the tables)
                 return
             url = moved[0]
-        if _post(session, url, payload):
+        if _post(sender, url, payload):
             if random.random() < settings.STRIPE_SANDBOX_WEBHOOK_DUPLICATE_RATE:
-                _post(session, url, payload)
+                _post(sender, url, payload)
             if attempt:  # a first delivery that worked costs no write; a retried one is noted
                 SandboxStripeEvent.objects.filter(pk=event_id).update(
                     attempts=attempt + 1, delivered_at=timezone.now()
@@ -373,17 +371,13 @@ class _Outbox:
 _outbox = _Outbox()
 
 
-def _post(session: requests.Session, url: str, payload: bytes) -> bool:
+def _post(sender: Sender, url: str, payload: bytes) -> bool:
     headers = {
         "Content-Type": "application/json; charset=utf-8",
         "Stripe-Signature": sign(payload, settings.STRIPE_WEBHOOK_SECRET),
         "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
     }
-    try:
-        response = session.post(url, data=payload, headers=headers, timeout=10)
-    except requests.RequestException:
-        return False
-    return 200 <= response.status_code < 300
+    return sender.post(url, payload, headers)
 
 
 # --- PaymentIntents -------------------------------------------------------------------------
