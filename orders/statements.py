@@ -259,15 +259,16 @@ def _insert_sql(
 
 def insert(record: Model) -> None:
     """`record.save()` (or `objects.create`) for a new row: auto_now_add and the like filled
-    in as save() would; a primary key the record already has (a UUID default, an id the
-    caller made) is sent, otherwise the database's is set on the record."""
+    in as save() would; a primary key that is not None (a UUID default, an id the caller
+    made) is sent as it is, as save() sends it, and a None one set from the database's."""
     _insert(record, conflict=())
 
 
 def insert_many(records: Sequence[Model], *, returning: bool = False) -> None:
     """`bulk_create(records)` in one statement, for rows whose primary keys the database
-    assigns; `returning`: each record's pk is set, as bulk_create sets them on PostgreSQL
-    (the rows come back in the order they were given)."""
+    assigns; `returning`: each record's pk is set from the rows the INSERT returns, taken
+    to come back in the order they were given, as bulk_create takes them on PostgreSQL
+    and SQLite (PostgreSQL does not promise it; Django relies on it)."""
     if not records:
         return
     sql, fields = _insert_sql(type(records[0]), (), len(records), returning=returning)
@@ -293,14 +294,19 @@ def insert_once(record: Model, *, conflict: Sequence[str]) -> bool:
 
 
 def _insert(record: Model, *, conflict: tuple[str, ...]) -> bool:
-    sql, fields = _insert_sql(type(record), conflict, with_pk=record.pk is not None)
+    # As save() decides: only a pk that is None is left to the database (an AutoField's).
+    made = record.pk is not None
+    sql, fields = _insert_sql(type(record), conflict, with_pk=made)
     values = _prepared(record, fields, add=True)
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
-        row = cursor.fetchone()
+        row = cursor.fetchone()  # none: a row with the same conflict columns was there
     if row is None:
         return False
-    record.pk = row[0]
+    if not made:
+        # The database's own key. A key the record made stays as it is: read back raw it
+        # would not be the same value on SQLite (a UUID comes back as 32 hex digits).
+        record.pk = row[0]
     record._state.adding = False
     record._state.db = connection.alias
     return True
