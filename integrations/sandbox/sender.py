@@ -9,37 +9,60 @@ taken from the pipeline's measure."""
 
 from __future__ import annotations
 
+import functools
 import http.client
+import logging
+import select
 import ssl
 from urllib.parse import urlsplit
 
+import certifi
+
+logger = logging.getLogger(__name__)
+
 TIMEOUT_SECONDS = 10.0
+# What a kept connection that the server closed between two requests raises, before any
+# answer: the request was not taken, and is sent once more on a new connection.
+_CLOSED_UNDER_US = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class Sender:
-    """POSTs for one thread (http.client's connections are not shared between threads)."""
+    """POSTs for one thread (http.client's connections are not shared between threads). A
+    failed POST is not sent again here, except on a kept connection that the server closed
+    before answering: the caller's own retries, with their waits, decide the rest."""
 
     def __init__(self, timeout: float = TIMEOUT_SECONDS) -> None:
         self._timeout = timeout
         self._open: dict[tuple[str, str], http.client.HTTPConnection] = {}
 
     def post(self, url: str, payload: bytes, headers: dict[str, str]) -> bool:
-        """True if the endpoint answered 2xx. A kept connection that the server has closed
-        meanwhile (gunicorn closes idle ones after 2 s) is replaced and the POST sent once
-        more: the receiver may then see it twice, which webhooks allow (at least once)."""
+        """True if the endpoint answered 2xx; False for any other answer, an unreachable
+        endpoint, a timeout or a URL this cannot send to."""
         parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            logger.warning("sandbox webhook: cannot send to %r", url)
+            return False
         origin = (parts.scheme, parts.netloc)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        kept = self._open.pop(origin, None)
+        kept = self._kept(origin)
         for conn in (kept, None) if kept else (None,):
-            conn = conn or self._connect(parts.scheme, parts.netloc)
             try:
+                conn = conn or self._connect(parts.scheme, parts.netloc)
                 conn.request("POST", target, body=payload, headers=headers)
                 response = conn.getresponse()
                 response.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                continue
+            except _CLOSED_UNDER_US:
+                if conn is not None:
+                    conn.close()
+                if kept is not None and conn is kept:
+                    continue  # closed between two requests: once more, on a new one
+                return False
+            except (OSError, http.client.HTTPException, ValueError):
+                # Refused, timed out (never sent again: the endpoint may be working on it),
+                # a broken answer, a URL http.client refuses.
+                if conn is not None:
+                    conn.close()
+                return False
             if response.will_close:
                 conn.close()
             else:
@@ -52,9 +75,27 @@ class Sender:
             conn.close()
         self._open.clear()
 
+    def _kept(self, origin: tuple[str, str]) -> http.client.HTTPConnection | None:
+        """The origin's kept connection, unless the server has closed it meanwhile: an idle
+        keep-alive socket that reads as ready holds only its end (as urllib3 checks)."""
+        conn = self._open.pop(origin, None)
+        if conn is None or conn.sock is None:
+            return None
+        if select.select([conn.sock], [], [], 0)[0]:
+            conn.close()
+            return None
+        return conn
+
     def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         if scheme == "https":
-            # Verified against the system's CAs, as every TLS connection of this project.
-            context = ssl.create_default_context()
-            return http.client.HTTPSConnection(netloc, timeout=self._timeout, context=context)
+            return http.client.HTTPSConnection(
+                netloc, timeout=self._timeout, context=_tls_context()
+            )
         return http.client.HTTPConnection(netloc, timeout=self._timeout)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Certificates checked, and against the URL's host name: Mozilla's CAs (certifi), as
+    requests used here before and as the shops' webhooks use (integrations/webhook_sender.py)."""
+    return ssl.create_default_context(cafile=certifi.where())
