@@ -172,26 +172,7 @@ def values_list(model: type[Model], names: Sequence[str], **where: Any) -> list[
 
 
 @cache
-def _update_sql(model: type[Model], names: tuple[str, ...]) -> tuple[str, list[Field]]:
-    meta = model._meta
-    quote = connection.ops.quote_name
-    fields = [_field(model, name) for name in names]
-    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
-    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
-    return sql, fields
-
-
-def update(instance: Model, fields: Sequence[str]) -> None:
-    """`instance.save(update_fields=fields)` for a row that exists: auto_now fields take the
-    time, every value is prepared by its field."""
-    sql, prepared = _update_sql(type(instance), tuple(fields))
-    values = _prepared(instance, prepared, add=False)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, *_params(type(instance), {"pk": instance.pk})])
-
-
-@cache
-def _update_where_sql(
+def _update_sql(
     model: type[Model], names: tuple[str, ...], where: tuple[str, ...]
 ) -> tuple[str, list[Field]]:
     quote = connection.ops.quote_name
@@ -201,11 +182,20 @@ def _update_where_sql(
     return f"{sql} WHERE {_conditions(model, where)}", fields
 
 
+def update(instance: Model, fields: Sequence[str]) -> None:
+    """`instance.save(update_fields=fields)` for a row that exists: auto_now fields take the
+    time, every value is prepared by its field."""
+    sql, prepared = _update_sql(type(instance), tuple(fields), ("pk",))
+    values = _prepared(instance, prepared, add=False)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, *_params(type(instance), {"pk": instance.pk})])
+
+
 def update_where(model: type[Model], values: dict[str, Any], **where: Any) -> int:
     """`model.objects.filter(**where).update(**values)` with plain values, for equality
     conditions: each value prepared by its field (no auto_now, as update() leaves it).
     Returns how many rows it changed."""
-    sql, fields = _update_where_sql(model, tuple(values), tuple(where))
+    sql, fields = _update_sql(model, tuple(values), tuple(where))
     prepared = [
         f.get_db_prep_save(v, connection) for f, v in zip(fields, values.values(), strict=True)
     ]
