@@ -37,33 +37,28 @@ def send_email(
         connection=connection,
     )
     try:
-        try:
-            connection.open()
-            message.send()  # the connection is open: send() leaves it so
-        except smtplib.SMTPRecipientsRefused as exc:
-            # Its text is a dict keyed by the customer's address, and this message goes to
-            # the timeline, the logs and Sentry: the server's codes say what happened.
-            codes = ", ".join(str(code) for code, _ in exc.recipients.values())
-            raise PermanentError(
-                f"mail refused: the server answered {codes} for the recipient",
-                code="mail_refused",
-            ) from exc
-        except smtplib.SMTPSenderRefused as exc:
-            raise PermanentError(
-                f"mail refused: the server answered {exc.smtp_code} for the sender",
-                code="mail_refused",
-            ) from exc
-        except smtplib.SMTPResponseException as exc:
-            if 400 <= exc.smtp_code < 500:
-                raise TransientError(f"mail server answered {exc.smtp_code}") from exc
-            raise PermanentError(
-                f"mail server answered {exc.smtp_code}", code="mail_refused"
-            ) from exc
-        except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-            raise TransientError(
-                f"mail server unreachable: {exc.__class__.__name__}: {exc}"
-            ) from exc
-        accepted()
+        connection.open()
+        message.send()  # the connection is open: send() leaves it so
+    except smtplib.SMTPRecipientsRefused as exc:
+        # Its text is a dict keyed by the customer's address, and this message goes to the
+        # timeline, the logs and Sentry: the server's codes say what happened.
+        codes = ", ".join(str(code) for code, _ in exc.recipients.values())
+        raise PermanentError(
+            f"mail refused: the server answered {codes} for the recipient", code="mail_refused"
+        ) from exc
+    except smtplib.SMTPSenderRefused as exc:
+        raise PermanentError(
+            f"mail refused: the server answered {exc.smtp_code} for the sender",
+            code="mail_refused",
+        ) from exc
+    except smtplib.SMTPResponseException as exc:
+        if 400 <= exc.smtp_code < 500:
+            raise TransientError(f"mail server answered {exc.smtp_code}") from exc
+        raise PermanentError(f"mail server answered {exc.smtp_code}", code="mail_refused") from exc
+    except (TimeoutError, smtplib.SMTPException, OSError) as exc:
+        raise TransientError(f"mail server unreachable: {exc.__class__.__name__}: {exc}") from exc
+    else:
+        accepted()  # before the finally's QUIT
     finally:
         _close(connection)
 
